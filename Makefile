@@ -1,0 +1,61 @@
+# VisionOps — `make help` lists the targets. `make run` and `make test` install everything they need.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+OUT ?= runs/local
+
+.DEFAULT_GOAL := help
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip wheel
+	@# torch and torchvision first, as the pinned pair (see constraints.txt)
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt torch torchvision
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create/reuse .venv and install the project with its pinned dependencies
+
+run: $(STAMP) ## The main job: synthetic data -> the whole pipeline locally (kfp.local) -> a summary
+	$(BIN)/visionops pipeline run --local --output $(OUT)
+
+test: $(STAMP) ## Run the test suite (what CI runs)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP) ## Only the fast tests (no slow, no integration)
+	$(BIN)/pytest -m "not slow and not integration" $(PYTEST_ARGS)
+
+lint: $(STAMP) ## ruff lint + format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP) ## Apply ruff fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+compile: $(STAMP) ## Compile the training pipeline to pipelines/training_pipeline.yaml
+	$(BIN)/visionops pipeline compile pipelines/training_pipeline.yaml
+
+golden: $(STAMP) ## Regenerate the golden compiled pipeline used by the tests
+	$(BIN)/visionops pipeline compile tests/golden/training_pipeline.yaml
+
+demo: $(STAMP) ## The closed loop end to end on a laptop (serving, drift, alert, retrain, roll forward)
+	$(BIN)/visionops demo loop --output runs/demo
+
+bench: $(STAMP) ## Run every benchmark in benchmarks/
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+system-deps: ## Install Prometheus, Alertmanager, promtool and Chromium from Debian (root)
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus prometheus-alertmanager chromium >/dev/null
+
+clean: ## Remove run outputs (keeps .venv)
+	rm -rf runs .pytest_cache
+
+.PHONY: help install run test test-fast lint format compile golden demo bench system-deps clean

@@ -1,0 +1,237 @@
+"""The model bundle: the one artifact that carries a model and everything needed to use it.
+
+A bundle is a directory (local or ``s3://``)::
+
+    bundle.json              metadata (written LAST: its presence means the bundle is complete)
+    model.safetensors        weights (safetensors: loading never unpickles code)
+    drift/...                drift reference profile and embedding projection (filled by visionops.drift)
+    reports/...              optional: training curves, evaluation reports
+
+``bundle.json`` holds: format, model_version, architecture, classes, positive_class, preprocess (spec),
+threshold (+ how it was chosen), config (resolved training config), lineage (dataset version, golden set
+version, code version, torch/torchvision versions, device), history (per-epoch metrics), drift (slot) and
+evaluation (summary, filled by the gate).
+
+Serving, drift and evaluation rebuild everything from the bundle via :func:`load_bundle`; never from constants.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from visionops import storage
+from visionops.errors import BundleError
+from visionops.preprocess import PreprocessSpec
+
+BUNDLE_FORMAT = 1
+MARKER = "bundle.json"
+WEIGHTS = "model.safetensors"
+REQUIRED_KEYS = ("format", "model_version", "architecture", "classes", "preprocess", "threshold")
+
+
+def model_version_of(weights: bytes, meta: dict) -> str:
+    """A content-derived model version: the same weights and labels give the same id."""
+    digest = hashlib.sha256(weights)
+    digest.update(json.dumps({"arch": meta.get("architecture"), "classes": meta.get("classes")}).encode())
+    return f"m-{digest.hexdigest()[:12]}"
+
+
+def save_bundle(model, meta: dict[str, Any], uri: str, *, extra_files: dict[str, Path] | None = None) -> str:
+    """Write ``model`` (its state dict, as safetensors) and ``meta`` as a bundle at ``uri``.
+
+    ``meta`` needs at least architecture, classes and preprocess (a dict or PreprocessSpec); threshold
+    defaults to 0.5 and positive_class to the class named "glasses" or else the last class. ``extra_files``
+    maps relative names inside the bundle to local files (reports, drift profile...). Returns ``uri``.
+    The write is atomic: readers never see a half-written bundle.
+    """
+    from safetensors.torch import save as save_safetensors
+
+    meta = dict(meta)
+    if isinstance(meta.get("preprocess"), PreprocessSpec):
+        meta["preprocess"] = meta["preprocess"].to_dict()
+    for key in ("architecture", "classes", "preprocess"):
+        if key not in meta:
+            raise BundleError(f"cannot save bundle: metadata lacks {key!r}")
+    classes = list(meta["classes"])
+    meta.setdefault("threshold", 0.5)
+    meta.setdefault("positive_class", "glasses" if "glasses" in classes else classes[-1])
+    meta.setdefault("drift", None)
+    meta.setdefault("evaluation", None)
+    meta.setdefault("history", [])
+    meta["format"] = BUNDLE_FORMAT
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    weights = save_safetensors(state)
+    meta["model_version"] = model_version_of(weights, meta)
+    with tempfile.TemporaryDirectory(prefix="visionops-bundle-") as tmp:
+        root = Path(tmp)
+        (root / WEIGHTS).write_bytes(weights)
+        for name, src in (extra_files or {}).items():
+            dst = root / name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+        (root / MARKER).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+        return storage.publish_dir(root, uri, MARKER)
+
+
+def read_meta(uri: str) -> dict[str, Any]:
+    """The bundle's metadata, checked for completeness."""
+    storage.require_marker(uri, MARKER, "model bundle")
+    try:
+        meta = json.loads(storage.read_text(storage.join(uri, MARKER)))
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"model bundle at {uri}: {MARKER} is not valid JSON ({exc})") from exc
+    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    if missing:
+        raise BundleError(f"model bundle at {uri} is incomplete: {MARKER} lacks {missing}")
+    if meta["format"] != BUNDLE_FORMAT:
+        raise BundleError(f"model bundle at {uri} has format {meta['format']}, this version reads {BUNDLE_FORMAT}")
+    return meta
+
+
+def update_meta(uri: str, **changes: Any) -> dict[str, Any]:
+    """Rewrite selected metadata fields (e.g. the threshold chosen by evaluation). Weights are untouched."""
+    meta = read_meta(uri)
+    meta.update(changes)
+    storage.write_text(storage.join(uri, MARKER), json.dumps(meta, indent=2, sort_keys=True, default=str))
+    return meta
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: the model in eval mode plus everything needed to use it."""
+
+    uri: str
+    meta: dict[str, Any]
+    model: Any
+    local_dir: Path | None = None
+    _transform: Any = field(default=None, repr=False)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    @property
+    def positive_class(self) -> str:
+        return self.meta.get("positive_class") or self.classes[-1]
+
+    @property
+    def positive_index(self) -> int:
+        return self.classes.index(self.positive_class)
+
+    @property
+    def threshold(self) -> float:
+        return float(self.meta["threshold"])
+
+    @property
+    def version(self) -> str:
+        return self.meta["model_version"]
+
+    @property
+    def architecture(self) -> str:
+        return self.meta["architecture"]
+
+    @property
+    def preprocess(self) -> PreprocessSpec:
+        return PreprocessSpec.from_dict(self.meta["preprocess"])
+
+    @property
+    def transform(self):
+        """The evaluation/serving transform, rebuilt from the bundle's spec."""
+        if self._transform is None:
+            from visionops.preprocess import build_transform
+
+            self._transform = build_transform(self.preprocess, train=False)
+        return self._transform
+
+    def file(self, name: str) -> Path:
+        """A file stored inside the bundle (e.g. ``drift/reference.parquet``), as a local path."""
+        if self.local_dir is None or not (self.local_dir / name).exists():
+            raise BundleError(f"model bundle at {self.uri} has no file {name!r}")
+        return self.local_dir / name
+
+    def to_tensor(self, images) -> Any:
+        """Stack PIL images into a batch tensor with the bundle's transform."""
+        import torch
+
+        return torch.stack([self.transform(img) for img in images])
+
+    def predict_proba(self, batch) -> Any:
+        """Class probabilities (N, C) as a numpy array for a batch tensor or a list of PIL images."""
+        import torch
+
+        if isinstance(batch, list | tuple):
+            batch = self.to_tensor(batch)
+        device = next(self.model.parameters()).device
+        with torch.inference_mode():
+            logits = self.model(batch.to(device))
+            return torch.softmax(logits.float(), dim=1).cpu().numpy()
+
+    def decide(self, probs) -> list[str]:
+        """Labels from probabilities with the bundle's decision rule.
+
+        The positive class is predicted when its probability reaches the threshold; otherwise the most
+        probable other class. (With two classes and threshold 0.5 this is argmax.)
+        """
+        import numpy as np
+
+        probs = np.asarray(probs)
+        pos = self.positive_index
+        others = probs.copy()
+        others[:, pos] = -1.0
+        idx = np.where(probs[:, pos] >= self.threshold, pos, others.argmax(axis=1))
+        return [self.classes[i] for i in idx]
+
+
+def load_state_dict(path: Path) -> dict:
+    """Weights from a safetensors file, or a torch state dict loaded with ``weights_only=True``."""
+    import torch
+
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise BundleError(f"cannot load weights from {path}: {exc}") from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise BundleError(f"{path} does not hold a state dict")
+    return state
+
+
+def load_bundle(uri: str, *, device: str = "cpu", cache_dir: str | Path | None = None) -> Bundle:
+    """Load a bundle from a local path or ``s3://`` URI and rebuild its model (eval mode) on ``device``.
+
+    Remote bundles are downloaded once into ``cache_dir`` (a temporary directory when not given; it is kept
+    for the life of the process so that :meth:`Bundle.file` works).
+    """
+    from visionops.models import create_model
+
+    meta = read_meta(uri)
+    if storage.is_remote(uri):
+        local = Path(cache_dir or tempfile.mkdtemp(prefix="visionops-bundle-"))
+        storage.download_dir(uri, local)
+    else:
+        local = Path(uri)
+    weights = local / WEIGHTS
+    if not weights.is_file():
+        raise BundleError(f"model bundle at {uri} is incomplete: {WEIGHTS} is missing")
+    model = create_model(meta["architecture"], len(meta["classes"]))
+    state = load_state_dict(weights)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise BundleError(
+            f"weights in {uri} do not fit architecture {meta['architecture']!r} "
+            f"with {len(meta['classes'])} classes: {str(exc).splitlines()[0]}"
+        ) from exc
+    model.eval().to(device)
+    return Bundle(uri=str(uri), meta=meta, model=model, local_dir=local)

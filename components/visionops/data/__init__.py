@@ -1,0 +1,1 @@
+"""Datasets: synthetic generation, ingestion into a versioned manifest, validation."""

@@ -1,0 +1,117 @@
+"""A plain registry of classifier architectures: name -> builder(num_classes) -> nn.Module.
+
+Every entry also says how its inputs are prepared (its default :class:`PreprocessSpec`). Torchvision models
+are built without downloading anything; pretrained weights come from a file/URI (see :func:`create_model`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from visionops.errors import ConfigError
+from visionops.preprocess import PreprocessSpec
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    build: Callable[[int], object]
+    preprocess: PreprocessSpec
+    #: the final classification layer's attribute path, replaced when loading foreign pretrained weights
+    head: str
+
+
+REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register(name: str, *, head: str, preprocess: PreprocessSpec | None = None):
+    """Decorator: add a builder ``fn(num_classes) -> nn.Module`` to the registry under ``name``."""
+
+    def wrap(fn):
+        REGISTRY[name] = ModelEntry(name, fn, preprocess or PreprocessSpec(), head)
+        return fn
+
+    return wrap
+
+
+def get_entry(name: str) -> ModelEntry:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ConfigError(f"unknown architecture {name!r}; valid: {', '.join(sorted(REGISTRY))}") from None
+
+
+def available() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def _torchvision(name: str, num_classes: int):
+    import torchvision
+
+    return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+
+
+for _name, _head in [
+    ("mobilenet_v3_small", "classifier.3"),
+    ("mobilenet_v3_large", "classifier.3"),
+    ("resnet18", "fc"),
+    ("resnet50", "fc"),
+    ("efficientnet_b0", "classifier.1"),
+    ("convnext_tiny", "classifier.2"),
+]:
+    register(_name, head=_head)(lambda n, _arch=_name: _torchvision(_arch, n))
+
+
+@register("tiny_cnn", head="head", preprocess=PreprocessSpec(image_size=64, resize_size=72))
+def tiny_cnn(num_classes: int):
+    """A small CNN (about 100k parameters) for fast tests and 2-core CPU demos."""
+    from torch import nn
+
+    def block(cin: int, cout: int) -> nn.Sequential:
+        return nn.Sequential(
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+        )
+
+    class TinyCNN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Sequential(block(3, 16), block(16, 32), block(32, 64), block(64, 96))
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.dropout = nn.Dropout(0.2)
+            self.head = nn.Linear(96, num_classes)
+
+        def forward(self, x):
+            return self.head(self.dropout(self.pool(self.features(x)).flatten(1)))
+
+    return TinyCNN()
+
+
+def create_model(name: str, num_classes: int):
+    """Build ``name`` with a ``num_classes``-way head, randomly initialised."""
+    if num_classes < 2:
+        raise ConfigError(f"need at least 2 classes, got {num_classes}")
+    return get_entry(name).build(num_classes)
+
+
+def penultimate(model, name: str):
+    """A callable ``x -> features`` that returns the input of the classification head (for embeddings)."""
+    import torch
+
+    head = model.get_submodule(get_entry(name).head)
+    captured: dict[str, torch.Tensor] = {}
+
+    def hook(_module, inputs, _output):
+        captured["x"] = inputs[0]
+
+    def run(x):
+        handle = head.register_forward_hook(hook)
+        try:
+            logits = model(x)
+        finally:
+            handle.remove()
+        return captured["x"].flatten(1), logits
+
+    return run

@@ -1,0 +1,406 @@
+"""Storage by URI: ``s3://bucket/prefix`` (MinIO or any S3-compatible store, via the ``minio`` client) and
+local paths, behind one small interface.
+
+Configuration comes from the environment (in a cluster: a Kubernetes Secret mapped to env vars):
+
+==========================  =====================================================================
+``S3_ENDPOINT_URL``         e.g. ``http://minio.kubeflow:9000`` (``AWS_ENDPOINT_URL_S3`` and
+                            ``AWS_ENDPOINT_URL`` are read too). The scheme decides TLS. Default:
+                            ``https://s3.amazonaws.com``.
+``AWS_ACCESS_KEY_ID``       access key
+``AWS_SECRET_ACCESS_KEY``   secret key
+``AWS_SESSION_TOKEN``       optional session token
+``AWS_REGION``              optional region (``AWS_DEFAULT_REGION`` is read too)
+``S3_VERIFY_TLS``           ``false`` to skip certificate checks (self-signed MinIO); default true
+``AWS_CA_BUNDLE``           optional CA bundle file for TLS
+==========================  =====================================================================
+
+A multi-file artifact (a dataset, a model bundle) is only visible when complete: :func:`publish_dir` writes
+its marker file (``dataset.json``, ``bundle.json``) last, and readers check for the marker first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlparse
+
+from visionops.errors import StorageError
+
+T = TypeVar("T")
+
+_TRANSIENT_S3_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout"}
+_RETRIES = 4
+
+
+def is_remote(uri: str) -> bool:
+    """True for ``s3://`` URIs."""
+    return str(uri).startswith("s3://")
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join path parts onto a local path or an s3:// URI."""
+    uri = str(uri)
+    if is_remote(uri):
+        out = uri.rstrip("/")
+        for part in parts:
+            out = f"{out}/{str(part).strip('/')}"
+        return out
+    return str(Path(uri, *parts))
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """``s3://bucket/a/b`` -> ``("bucket", "a/b")``."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise StorageError(f"not an s3 URI: {uri!r} (expected s3://bucket/prefix)")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """Where the object store is and how to log in; read from the environment by :meth:`from_env`."""
+
+    endpoint: str
+    secure: bool
+    access_key: str | None
+    secret_key: str | None
+    session_token: str | None = None
+    region: str | None = None
+    verify_tls: bool = True
+    ca_bundle: str | None = None
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> S3Settings:
+        env = dict(os.environ if env is None else env)
+        url = (
+            env.get("S3_ENDPOINT_URL")
+            or env.get("AWS_ENDPOINT_URL_S3")
+            or env.get("AWS_ENDPOINT_URL")
+            or "https://s3.amazonaws.com"
+        )
+        if "://" not in url:
+            url = f"https://{url}"
+        parsed = urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise StorageError(f"S3_ENDPOINT_URL={url!r} is not an http(s) URL (e.g. http://minio:9000)")
+        return cls(
+            endpoint=parsed.netloc,
+            secure=parsed.scheme == "https",
+            access_key=env.get("AWS_ACCESS_KEY_ID"),
+            secret_key=env.get("AWS_SECRET_ACCESS_KEY"),
+            session_token=env.get("AWS_SESSION_TOKEN"),
+            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"),
+            verify_tls=env.get("S3_VERIFY_TLS", "true").lower() not in ("0", "false", "no"),
+            ca_bundle=env.get("AWS_CA_BUNDLE"),
+        )
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.secure else 'http'}://{self.endpoint}"
+
+
+def _minio_client(settings: S3Settings):
+    """A ``minio.Minio`` client with short timeouts; retries are ours (with backoff), not urllib3's."""
+    import certifi
+    import urllib3
+    from minio import Minio
+
+    http = urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=5.0, read=60.0),
+        maxsize=16,
+        retries=urllib3.Retry(total=0, connect=0, read=0, redirect=2),
+        cert_reqs="CERT_REQUIRED" if settings.verify_tls else "CERT_NONE",
+        ca_certs=settings.ca_bundle or certifi.where(),
+    )
+    return Minio(
+        settings.endpoint,
+        access_key=settings.access_key,
+        secret_key=settings.secret_key,
+        session_token=settings.session_token,
+        secure=settings.secure,
+        region=settings.region,
+        http_client=http,
+    )
+
+
+class S3Store:
+    """Object storage through the ``minio`` client. Keys are relative to nothing: pass full ``s3://`` URIs."""
+
+    def __init__(self, settings: S3Settings | None = None) -> None:
+        self.settings = settings or S3Settings.from_env()
+        self._client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = _minio_client(self.settings)
+        return self._client
+
+    # -- error handling -------------------------------------------------------------------------------------
+    def _call(self, what: str, uri: str, fn: Callable[[], T]) -> T:
+        """Run ``fn`` with retries on transient failures; map failures to a StorageError that says what to do."""
+        import urllib3.exceptions
+        from minio.error import S3Error
+
+        delay = 0.2
+        for attempt in range(_RETRIES + 1):
+            try:
+                return fn()
+            except S3Error as exc:
+                if exc.code in _TRANSIENT_S3_CODES and attempt < _RETRIES:
+                    time.sleep(delay)
+                    delay *= 2
+                    continue
+                raise StorageError(self._explain(what, uri, exc.code, exc.message)) from exc
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                if attempt < _RETRIES:
+                    time.sleep(delay)
+                    delay *= 2
+                    continue
+                raise StorageError(
+                    f"cannot {what} {uri}: the S3 endpoint {self.settings.url} is unreachable ({exc.__class__.__name__}). "
+                    "Check S3_ENDPOINT_URL and that the server is up."
+                ) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _explain(self, what: str, uri: str, code: str, message: str) -> str:
+        bucket = split_s3(uri)[0]
+        if code == "NoSuchBucket":
+            return f"cannot {what} {uri}: bucket {bucket!r} does not exist at {self.settings.url}"
+        if code in ("SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "InvalidToken"):
+            return (
+                f"cannot {what} {uri}: the S3 server at {self.settings.url} rejected the credentials ({code}). "
+                "Check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (in a cluster: the object-storage Secret)."
+            )
+        if code in ("NoSuchKey", "NoSuchObject"):
+            return f"cannot {what} {uri}: no such object"
+        return f"cannot {what} {uri}: {code}: {message}"
+
+    # -- the interface --------------------------------------------------------------------------------------
+    def list(self, uri: str) -> Iterator[str]:
+        """All object URIs under ``uri`` (recursive, paginated by the server; streamed)."""
+        bucket, prefix = split_s3(uri)
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        # The first page is fetched inside _call so that a missing bucket or bad credentials raise clearly.
+        objects = self._call("list", uri, lambda: iter(self.client.list_objects(bucket, prefix, recursive=True)))
+        first = self._call("list", uri, lambda: next(objects, None))
+        if first is None:
+            return
+        yield f"s3://{bucket}/{first.object_name}"
+        for obj in objects:
+            yield f"s3://{bucket}/{obj.object_name}"
+
+    def read_bytes(self, uri: str) -> bytes:
+        bucket, key = split_s3(uri)
+
+        def get() -> bytes:
+            response = self.client.get_object(bucket, key)
+            try:
+                return response.read()
+            finally:
+                response.close()
+                response.release_conn()
+
+        return self._call("read", uri, get)
+
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        bucket, key = split_s3(uri)
+        self._call("write", uri, lambda: self.client.put_object(bucket, key, io.BytesIO(data), len(data)))
+
+    def download_file(self, uri: str, path: Path) -> None:
+        bucket, key = split_s3(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._call("download", uri, lambda: self.client.fget_object(bucket, key, str(path)))
+
+    def upload_file(self, path: Path, uri: str) -> None:
+        bucket, key = split_s3(uri)
+        self._call("upload", uri, lambda: self.client.fput_object(bucket, key, str(path)))
+
+    def exists(self, uri: str) -> bool:
+        from minio.error import S3Error
+
+        bucket, key = split_s3(uri)
+        try:
+            self._call("check", uri, lambda: self.client.stat_object(bucket, key))
+            return True
+        except StorageError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, S3Error) and cause.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
+                return False
+            raise
+
+    def delete(self, uri: str) -> None:
+        bucket, key = split_s3(uri)
+        self._call("delete", uri, lambda: self.client.remove_object(bucket, key))
+
+
+class LocalStore:
+    """Local files with the same interface; writes are atomic (temp file + rename)."""
+
+    def list(self, uri: str) -> Iterator[str]:
+        root = Path(uri)
+        if not root.exists():
+            raise StorageError(f"cannot list {uri}: no such directory")
+        if root.is_file():
+            yield str(root)
+            return
+        for path in sorted(root.rglob("*")):
+            if path.is_file():
+                yield str(path)
+
+    def read_bytes(self, uri: str) -> bytes:
+        try:
+            return Path(uri).read_bytes()
+        except FileNotFoundError as exc:
+            raise StorageError(f"cannot read {uri}: no such file") from exc
+        except OSError as exc:
+            raise StorageError(f"cannot read {uri}: {exc.strerror}") from exc
+
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        path = Path(uri)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise StorageError(f"cannot write {uri}: {exc.strerror}") from exc
+
+    def download_file(self, uri: str, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            shutil.copyfile(uri, path)
+        except FileNotFoundError as exc:
+            raise StorageError(f"cannot read {uri}: no such file") from exc
+
+    def upload_file(self, path: Path, uri: str) -> None:
+        self.write_bytes(uri, Path(path).read_bytes())
+
+    def exists(self, uri: str) -> bool:
+        return Path(uri).exists()
+
+    def delete(self, uri: str) -> None:
+        Path(uri).unlink(missing_ok=True)
+
+
+_S3_STORES: dict[S3Settings, S3Store] = {}
+
+
+def store_for(uri: str) -> S3Store | LocalStore:
+    """The store that serves ``uri`` (one S3 client per settings, created on first use)."""
+    if is_remote(uri):
+        settings = S3Settings.from_env()
+        if settings not in _S3_STORES:
+            _S3_STORES[settings] = S3Store(settings)
+        return _S3_STORES[settings]
+    return LocalStore()
+
+
+# -- module-level helpers: what the rest of the library calls ------------------------------------------------
+def read_bytes(uri: str) -> bytes:
+    return store_for(uri).read_bytes(str(uri))
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    store_for(uri).write_bytes(str(uri), data)
+
+
+def read_text(uri: str) -> str:
+    return read_bytes(uri).decode("utf-8")
+
+
+def write_text(uri: str, text: str) -> None:
+    write_bytes(uri, text.encode("utf-8"))
+
+
+def exists(uri: str) -> bool:
+    return store_for(uri).exists(str(uri))
+
+
+def list_uris(uri: str) -> Iterator[str]:
+    """Every file/object under ``uri``, recursively (streamed)."""
+    return store_for(uri).list(str(uri))
+
+
+def relative(uri: str, root: str) -> str:
+    """The part of ``uri`` below ``root`` (``/``-separated)."""
+    uri, root = str(uri), str(root).rstrip("/")
+    if is_remote(uri):
+        return uri[len(root) :].lstrip("/")
+    return Path(uri).relative_to(root).as_posix()
+
+
+def download_dir(uri: str, local_dir: str | Path) -> Path:
+    """Copy everything under ``uri`` into ``local_dir`` (keeping the relative layout)."""
+    local_dir = Path(local_dir)
+    store = store_for(uri)
+    for item in store.list(str(uri)):
+        store.download_file(item, local_dir / relative(item, uri))
+    return local_dir
+
+
+def publish_dir(local_dir: str | Path, uri: str, marker: str) -> str:
+    """Publish a finished local directory at ``uri`` so that readers never see half of it.
+
+    Local targets are renamed into place. S3 targets get every file first and ``marker`` last; readers look
+    for the marker before anything else (see :func:`require_marker`).
+    """
+    local_dir = Path(local_dir)
+    if not (local_dir / marker).is_file():
+        raise StorageError(f"cannot publish {local_dir}: its marker file {marker!r} is missing")
+    if is_remote(uri):
+        store = store_for(uri)
+        files = sorted(p for p in local_dir.rglob("*") if p.is_file())
+        for path in files:
+            if path.relative_to(local_dir).as_posix() != marker:
+                store.upload_file(path, join(uri, path.relative_to(local_dir).as_posix()))
+        store.upload_file(local_dir / marker, join(uri, marker))
+        return uri
+    target = Path(uri)
+    if target.resolve() == local_dir.resolve():
+        return str(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
+    shutil.copytree(local_dir, staging)
+    if target.exists():
+        old = target.with_name(f".{target.name}.{uuid.uuid4().hex}.old")
+        os.replace(target, old)
+        os.replace(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, target)
+    return str(target)
+
+
+def require_marker(uri: str, marker: str, what: str) -> str:
+    """Raise a clear error unless the artifact at ``uri`` is complete (its marker exists)."""
+    path = join(uri, marker)
+    if not exists(path):
+        raise StorageError(
+            f"{what} at {uri} is missing or incomplete: {marker} not found "
+            "(it is written last, so a half-written artifact never looks complete)"
+        )
+    return path
+
+
+@contextlib.contextmanager
+def local_dir_for(uri: str, marker: str | None = None, what: str = "artifact") -> Iterator[Path]:
+    """A local directory holding the artifact at ``uri``: the directory itself, or a temporary download."""
+    if marker:
+        require_marker(uri, marker, what)
+    if not is_remote(uri):
+        yield Path(uri)
+        return
+    with tempfile.TemporaryDirectory(prefix="visionops-") as tmp:
+        yield download_dir(uri, tmp)
