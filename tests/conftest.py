@@ -73,8 +73,13 @@ class MotoS3:
     def client(self):
         from minio import Minio
 
-        return Minio(f"127.0.0.1:{self.port}", access_key="testing", secret_key="testing", secure=False,
-                     region="us-east-1")
+        return Minio(
+            f"127.0.0.1:{self.port}",
+            access_key="testing",
+            secret_key="testing",
+            secure=False,
+            region="us-east-1",
+        )
 
     def make_bucket(self, name: str) -> str:
         client = self.client()
@@ -88,7 +93,9 @@ def start_moto(extra_env: dict[str, str] | None = None) -> MotoS3:
     env = {**os.environ, **(extra_env or {})}
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
     )
     wait_for_port(port, proc=proc)
     return MotoS3(port, proc)

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from visionops import bundle as bundle_mod
 from visionops.errors import BundleError, ConfigError, ImageError
 from visionops.images import ImageLimits, decode_image, encode_image
@@ -21,15 +20,23 @@ def _save_tiny(tmp_path, **meta):
     model = create_model("tiny_cnn", 2)
     spec = get_entry("tiny_cnn").preprocess
     uri = bundle_mod.save_bundle(
-        model, {"architecture": "tiny_cnn", "classes": ["glasses", "no_glasses"], "preprocess": spec, **meta},
+        model,
+        {"architecture": "tiny_cnn", "classes": ["glasses", "no_glasses"], "preprocess": spec, **meta},
         str(tmp_path / "bundle"),
     )
     return model, uri
 
 
 def test_registry_lists_required_architectures():
-    for name in ["mobilenet_v3_small", "mobilenet_v3_large", "resnet18", "resnet50", "efficientnet_b0",
-                 "convnext_tiny", "tiny_cnn"]:
+    for name in [
+        "mobilenet_v3_small",
+        "mobilenet_v3_large",
+        "resnet18",
+        "resnet50",
+        "efficientnet_b0",
+        "convnext_tiny",
+        "tiny_cnn",
+    ]:
         assert name in available()
     with pytest.raises(ConfigError, match="unknown architecture 'vgg99'; valid: .*resnet18"):
         create_model("vgg99", 2)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from visionops import storage
 from visionops.errors import StorageError
 
@@ -63,12 +62,21 @@ def test_wrong_credentials_are_explained(monkeypatch):
 
     server = start_moto({"INITIAL_NO_AUTH_ACTION_COUNT": "3"})
     try:
-        kw = dict(endpoint_url=server.endpoint, region_name="us-east-1",
-                  aws_access_key_id="x", aws_secret_access_key="x")
+        kw = dict(
+            endpoint_url=server.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="x",
+            aws_secret_access_key="x",
+        )
         iam = boto3.client("iam", **kw)
         iam.create_user(UserName="alice")
-        iam.put_user_policy(UserName="alice", PolicyName="all", PolicyDocument=(
-            '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}'))
+        iam.put_user_policy(
+            UserName="alice",
+            PolicyName="all",
+            PolicyDocument=(
+                '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}'
+            ),
+        )
         key = iam.create_access_key(UserName="alice")["AccessKey"]
         monkeypatch.setenv("S3_ENDPOINT_URL", server.endpoint)
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])

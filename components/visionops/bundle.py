@@ -90,7 +90,9 @@ def read_meta(uri: str) -> dict[str, Any]:
     if missing:
         raise BundleError(f"model bundle at {uri} is incomplete: {MARKER} lacks {missing}")
     if meta["format"] != BUNDLE_FORMAT:
-        raise BundleError(f"model bundle at {uri} has format {meta['format']}, this version reads {BUNDLE_FORMAT}")
+        raise BundleError(
+            f"model bundle at {uri} has format {meta['format']}, this version reads {BUNDLE_FORMAT}"
+        )
     return meta
 
 

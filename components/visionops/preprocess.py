@@ -27,7 +27,9 @@ class PreprocessSpec:
 
     def __post_init__(self) -> None:
         if self.interpolation not in INTERPOLATIONS:
-            raise ConfigError(f"interpolation {self.interpolation!r} unknown; valid: {', '.join(INTERPOLATIONS)}")
+            raise ConfigError(
+                f"interpolation {self.interpolation!r} unknown; valid: {', '.join(INTERPOLATIONS)}"
+            )
         if self.image_size < 8 or self.resize_size < self.image_size:
             raise ConfigError(
                 f"need 8 <= image_size <= resize_size, got image_size={self.image_size}, "
@@ -67,8 +69,11 @@ class AugmentSpec:
 def _interp(name: str):
     from torchvision.transforms import InterpolationMode
 
-    return {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC,
-            "nearest": InterpolationMode.NEAREST}[name]
+    return {
+        "bilinear": InterpolationMode.BILINEAR,
+        "bicubic": InterpolationMode.BICUBIC,
+        "nearest": InterpolationMode.NEAREST,
+    }[name]
 
 
 def build_transform(spec: PreprocessSpec, *, train: bool, augment: AugmentSpec | None = None):
@@ -82,11 +87,19 @@ def build_transform(spec: PreprocessSpec, *, train: bool, augment: AugmentSpec |
     from torchvision.transforms import v2
 
     interp = _interp(spec.interpolation)
-    tail = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean=list(spec.mean), std=list(spec.std))]
+    tail = [
+        v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean=list(spec.mean), std=list(spec.std)),
+    ]
     if not train:
-        return v2.Compose([v2.Resize(spec.resize_size, interpolation=interp, antialias=True),
-                           v2.CenterCrop(spec.image_size), *tail])
+        return v2.Compose(
+            [
+                v2.Resize(spec.resize_size, interpolation=interp, antialias=True),
+                v2.CenterCrop(spec.image_size),
+                *tail,
+            ]
+        )
     aug = augment or AugmentSpec()
     steps = [v2.RandomResizedCrop(spec.image_size, scale=aug.scale, interpolation=interp, antialias=True)]
     if aug.hflip:

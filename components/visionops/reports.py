@@ -51,8 +51,11 @@ def image_data_uri(data: bytes, mime: str = "image/jpeg") -> str:
     return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
 
 
-def html_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None,
-               classes: dict[str, str] | None = None) -> str:
+def html_table(
+    rows: Sequence[dict[str, Any]],
+    columns: Sequence[str] | None = None,
+    classes: dict[str, str] | None = None,
+) -> str:
     """An HTML table from dict rows. ``classes`` maps a cell text (e.g. "fail") to a CSS class."""
     if not rows:
         return '<p class="muted">(none)</p>'
@@ -88,8 +91,8 @@ def html_page(title: str, sections: Iterable[tuple[str, str]], *, subtitle: str 
     for heading, body in sections:
         parts.append(f"<h2>{escape(heading)}</h2>\n{body}" if heading else body)
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{escape(title)}</title>"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{escape(title)}</title>'
         f"<style>{_CSS}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n"
     )
 

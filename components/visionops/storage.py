@@ -193,7 +193,9 @@ class S3Store:
         if prefix and not prefix.endswith("/"):
             prefix += "/"
         # The first page is fetched inside _call so that a missing bucket or bad credentials raise clearly.
-        objects = self._call("list", uri, lambda: iter(self.client.list_objects(bucket, prefix, recursive=True)))
+        objects = self._call(
+            "list", uri, lambda: iter(self.client.list_objects(bucket, prefix, recursive=True))
+        )
         first = self._call("list", uri, lambda: next(objects, None))
         if first is None:
             return

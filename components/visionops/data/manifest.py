@@ -79,7 +79,9 @@ def read_manifest_frame(uri: str):
 
     csv_uri = uri if str(uri).endswith(".csv") else storage.join(uri, MANIFEST)
     try:
-        frame = pd.read_csv(io.BytesIO(storage.read_bytes(csv_uri)), dtype={"group": str}, keep_default_na=False)
+        frame = pd.read_csv(
+            io.BytesIO(storage.read_bytes(csv_uri)), dtype={"group": str}, keep_default_na=False
+        )
     except DataError:
         raise
     except Exception as exc:
@@ -102,7 +104,9 @@ def load_dataset(uri: str) -> Dataset:
     return Dataset(uri=str(uri), frame=frame, meta=meta)
 
 
-def write_dataset(frame, meta: dict[str, Any], uri: str, *, quarantine=None, extra_files: dict[str, Path] | None = None) -> Dataset:
+def write_dataset(
+    frame, meta: dict[str, Any], uri: str, *, quarantine=None, extra_files: dict[str, Path] | None = None
+) -> Dataset:
     """Write a dataset version atomically; fills ``version``, ``golden_version`` and ``classes`` in meta."""
     import shutil
     import tempfile
@@ -114,7 +118,10 @@ def write_dataset(frame, meta: dict[str, Any], uri: str, *, quarantine=None, ext
     meta["golden_version"] = golden_version(frame)
     meta.setdefault("classes", sorted(frame["label"].unique()))
     meta["counts"] = {
-        split: {str(k): int(v) for k, v in frame[frame["split"] == split]["label"].value_counts().sort_index().items()}
+        split: {
+            str(k): int(v)
+            for k, v in frame[frame["split"] == split]["label"].value_counts().sort_index().items()
+        }
         for split in SPLITS
     }
     with tempfile.TemporaryDirectory(prefix="visionops-dataset-") as tmp:
