@@ -1,0 +1,1 @@
+"""Online experiments: assignment and routing, shadow / canary / A/B analysis."""

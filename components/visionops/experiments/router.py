@@ -1,0 +1,381 @@
+"""``visionops route``: a thin HTTP router in front of model variants, for what the mesh cannot do
+(sticky units, bandits).
+
+Every request is forwarded unchanged to one variant chosen by the policy (fixed weights, sticky hash of a
+unit header, or Thompson sampling on live precision). The answer comes back with ``X-Variant`` and
+``X-Request-ID``; one JSON line per request goes to the experiment log (variant, unit, status, latency,
+label, confidence) through a background writer, never on the request path. ``POST /feedback`` takes the
+true label of a request id, updates the bandit and is forwarded to the variant that answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from visionops.errors import ConfigError
+from visionops.experiments.assign import Assigner, ThompsonState, parse_weights
+
+log = logging.getLogger(__name__)
+
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailers",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+}
+
+
+@dataclass
+class RouterSettings:
+    """Where the variants are and how traffic is split (env ``VISIONOPS_ROUTER_*`` or CLI options)."""
+
+    variants: dict[str, str]
+    weights: dict[str, float]
+    policy: str = "weights"
+    salt: str = "visionops"
+    unit_header: str = "X-Unit-ID"
+    positive_class: str = "glasses"
+    target_precision: float = 0.95
+    floor: float = 0.05
+    cap: float = 0.05
+    refresh_seconds: float = 5.0
+    log_path: str | None = None
+    max_pending_feedback: int = 100_000
+    timeout_seconds: float = 30.0
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> RouterSettings:
+        env = dict(os.environ if env is None else env)
+        variants = parse_variants(env.get("VISIONOPS_ROUTER_VARIANTS", ""))
+        weights = parse_weights(env.get("VISIONOPS_ROUTER_WEIGHTS") or ",".join(f"{v}=1" for v in variants))
+        return cls(
+            variants=variants,
+            weights=weights,
+            policy=env.get("VISIONOPS_ROUTER_POLICY", "weights"),
+            salt=env.get("VISIONOPS_ROUTER_SALT", "visionops"),
+            unit_header=env.get("VISIONOPS_ROUTER_UNIT_HEADER", "X-Unit-ID"),
+            target_precision=float(env.get("VISIONOPS_TARGET_PRECISION", "0.95")),
+            log_path=env.get("VISIONOPS_ROUTER_LOG") or None,
+        )
+
+    def validate(self) -> None:
+        if not self.variants:
+            raise ConfigError("the router needs at least one variant: --variant name=http://host:port")
+        unknown = set(self.weights) - set(self.variants)
+        if unknown:
+            raise ConfigError(
+                f"weights name unknown variants {sorted(unknown)}; variants: {sorted(self.variants)}"
+            )
+
+
+def parse_variants(text: str) -> dict[str, str]:
+    """``"a=http://x:3000,b=http://y:3000"`` -> ``{"a": "http://x:3000", "b": "http://y:3000"}``."""
+    out: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, url = part.partition("=")
+        if not sep or not url.startswith(("http://", "https://")):
+            raise ConfigError(f"bad variant {part!r}; expected name=http://host:port")
+        out[name.strip()] = url.rstrip("/")
+    return out
+
+
+class JsonLinesWriter:
+    """Appends JSON lines from a background thread; a full queue drops (and counts) instead of blocking."""
+
+    def __init__(self, path: str | None, maxsize: int = 50_000) -> None:
+        self.path = Path(path) if path else None
+        self.dropped = 0
+        self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
+        self._thread: threading.Thread | None = None
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._thread = threading.Thread(target=self._run, name="router-log", daemon=True)
+            self._thread.start()
+
+    def write(self, record: dict) -> None:
+        if self.path is None:
+            return
+        try:
+            self._queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+
+    def _run(self) -> None:
+        assert self.path is not None
+        with self.path.open("a", encoding="utf-8") as fh:
+            while True:
+                record = self._queue.get()
+                if record is None:
+                    break
+                lines = [json.dumps(record)]
+                while not self._queue.empty() and len(lines) < 1000:
+                    item = self._queue.get_nowait()
+                    if item is None:
+                        fh.write("\n".join(lines) + "\n")
+                        return
+                    lines.append(json.dumps(item))
+                fh.write("\n".join(lines) + "\n")
+                fh.flush()
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=5)
+
+
+class Router:
+    """The routing state: the assigner, the pending request map for feedback, counters and the log."""
+
+    def __init__(self, settings: RouterSettings, *, seed: int | None = None) -> None:
+        settings.validate()
+        self.settings = settings
+        thompson = ThompsonState(
+            sorted(settings.variants),
+            target=settings.target_precision,
+            floor=settings.floor,
+            cap=settings.cap,
+        )
+        weights = {v: settings.weights.get(v, 0.0) for v in settings.variants}
+        self.assigner = Assigner(
+            weights, policy=settings.policy, salt=settings.salt, thompson=thompson, seed=seed
+        )
+        self.pending: collections.OrderedDict[str, tuple[str, str | None]] = collections.OrderedDict()
+        self.counts: collections.Counter = collections.Counter()
+        self.log = JsonLinesWriter(settings.log_path)
+
+    def remember(self, request_id: str, variant: str, label: str | None) -> None:
+        self.pending[request_id] = (variant, label)
+        while len(self.pending) > self.settings.max_pending_feedback:
+            self.pending.popitem(last=False)
+
+    def feedback(self, request_id: str, true_label: str) -> str | None:
+        """Update the bandit with the true label of a routed request; returns its variant (None if unknown)."""
+        entry = self.pending.pop(request_id, None)
+        if entry is None:
+            return None
+        variant, predicted = entry
+        if predicted == self.settings.positive_class:
+            self.assigner.thompson.record(variant, true_label == self.settings.positive_class)
+        return variant
+
+    def metrics_text(self) -> str:
+        lines = [
+            "# HELP visionops_router_requests_total Requests routed, by variant and HTTP status.",
+            "# TYPE visionops_router_requests_total counter",
+        ]
+        for (variant, status), n in sorted(self.counts.items()):
+            lines.append(f'visionops_router_requests_total{{variant="{variant}",status="{status}"}} {n}')
+        lines += [
+            "# HELP visionops_router_share Current traffic share of each variant.",
+            "# TYPE visionops_router_share gauge",
+        ]
+        for variant, share in sorted(self.assigner._shares.items()):
+            lines.append(f'visionops_router_share{{variant="{variant}"}} {share}')
+        lines += [
+            "# TYPE visionops_router_log_dropped_total counter",
+            f"visionops_router_log_dropped_total {self.log.dropped}",
+        ]
+        return "\n".join(lines) + "\n"
+
+
+def _label_of(body: bytes, content_type: str) -> tuple[str | None, float | None]:
+    """The predicted label and its probability from a JSON answer, when it has them."""
+    if "json" not in content_type or len(body) > 65536:
+        return None, None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None, None
+    if isinstance(data, list) and data:
+        data = data[0]
+    if isinstance(data, dict):
+        return data.get("label"), data.get("probability")
+    return None, None
+
+
+def build_app(router: Router):
+    """The aiohttp application: a catch-all forwarder plus /feedback, /router/state and /router/metrics."""
+    import aiohttp
+    from aiohttp import web
+
+    settings = router.settings
+    shared: dict = {}  # the client session and the refresher task, created on startup
+
+    async def on_startup(app):
+        shared["session"] = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=settings.timeout_seconds),
+            connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=30),
+            auto_decompress=False,
+        )
+        if settings.policy == "thompson":
+            shared["refresher"] = asyncio.create_task(refresh_loop())
+
+    async def on_cleanup(app):
+        if "refresher" in shared:
+            shared["refresher"].cancel()
+        await shared["session"].close()
+        router.log.close()
+
+    async def refresh_loop():
+        while True:
+            await asyncio.sleep(settings.refresh_seconds)
+            router.assigner.refresh()
+
+    async def forward(request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
+        unit = request.headers.get(settings.unit_header)
+        variant = router.assigner.choose(unit)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        headers["X-Request-ID"] = request_id
+        headers["X-Variant"] = variant
+        body = await request.read()
+        url = settings.variants[variant] + request.rel_url.path_qs
+        try:
+            async with shared["session"].request(request.method, url, data=body, headers=headers) as upstream:
+                payload = await upstream.read()
+                status = upstream.status
+                out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            status, payload = (
+                502,
+                json.dumps({"error": f"variant {variant!r} unreachable: {exc.__class__.__name__}"}).encode(),
+            )
+            out_headers = {"Content-Type": "application/json"}
+        out_headers["X-Variant"] = variant
+        out_headers["X-Request-ID"] = request_id
+        label, confidence = _label_of(payload, out_headers.get("Content-Type", ""))
+        router.counts[(variant, status)] += 1
+        if label is not None:
+            router.remember(request_id, variant, label)
+        router.log.write(
+            {
+                "time": time.time(),
+                "request_id": request_id,
+                "variant": variant,
+                "unit": unit,
+                "path": request.path,
+                "status": status,
+                "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+                "label": label,
+                "confidence": confidence,
+            }
+        )
+        return web.Response(body=payload, status=status, headers=out_headers)
+
+    async def feedback(request: web.Request) -> web.Response:
+        try:
+            data = await request.json()
+            request_id, label = str(data["request_id"]), str(data["label"])
+        except (ValueError, KeyError, TypeError):
+            return web.json_response(
+                {"error": 'expected JSON {"request_id": "...", "label": "..."}'}, status=422
+            )
+        variant = router.feedback(request_id, label)
+        router.log.write(
+            {"time": time.time(), "request_id": request_id, "variant": variant, "feedback": label}
+        )
+        if variant is None:
+            return web.json_response(
+                {"error": f"unknown or already answered request_id {request_id!r}"}, status=404
+            )
+        try:
+            async with shared["session"].post(
+                settings.variants[variant] + "/feedback", json={"request_id": request_id, "label": label}
+            ) as upstream:
+                await upstream.read()
+        except (TimeoutError, aiohttp.ClientError):
+            log.warning("could not forward feedback for %s to %s", request_id, variant)
+        return web.json_response({"request_id": request_id, "variant": variant})
+
+    async def state(_request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "policy": settings.policy,
+                "shares": router.assigner._shares,
+                "weights": router.assigner.weights,
+                "requests": {f"{v}:{s}": n for (v, s), n in router.counts.items()},
+                "feedback": {
+                    "successes": router.assigner.thompson.successes,
+                    "failures": router.assigner.thompson.failures,
+                },
+            }
+        )
+
+    async def metrics(_request: web.Request) -> web.Response:
+        return web.Response(text=router.metrics_text(), content_type="text/plain")
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    app.router.add_post("/feedback", feedback)
+    app.router.add_get("/router/state", state)
+    app.router.add_get("/router/metrics", metrics)
+    app.router.add_route("*", "/{tail:.*}", forward)
+    return app
+
+
+def serve(settings: RouterSettings, *, host: str = "0.0.0.0", port: int = 8080) -> None:
+    """Run the router until interrupted."""
+    from aiohttp import web
+
+    log.info("routing %s with policy %s on %s:%d", settings.variants, settings.policy, host, port)
+    web.run_app(build_app(Router(settings)), host=host, port=port, access_log=None, print=None)
+
+
+class BackgroundServer:
+    """An aiohttp application served from a background thread (tests, benchmarks, the local demo)."""
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.app, self.host, self.port = app, host, port
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="aiohttp-server", daemon=True)
+
+    def _run(self) -> None:
+        from aiohttp import web
+
+        self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self._loop)
+        self._runner = web.AppRunner(self.app, access_log=None)
+        self._loop.run_until_complete(self._runner.setup())
+        site = web.TCPSite(self._runner, self.host, self.port)
+        self._loop.run_until_complete(site.start())
+        self.port = site._server.sockets[0].getsockname()[1]
+        self._ready.set()
+        self._loop.run_forever()
+        self._loop.run_until_complete(self._runner.cleanup())
+        self._loop.close()
+
+    def start(self) -> BackgroundServer:
+        self._thread.start()
+        if not self._ready.wait(15):
+            raise RuntimeError("server did not start")
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
