@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-
 from visionops.errors import ConfigError
 from visionops.experiments import stats
 from visionops.experiments.analysis import AnalysisConfig, ab_decision, analyze

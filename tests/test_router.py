@@ -7,7 +7,6 @@ import time
 
 import httpx
 import pytest
-
 from visionops.experiments.router import BackgroundServer, Router, RouterSettings, build_app
 
 pytestmark = pytest.mark.integration
@@ -62,7 +61,7 @@ def start_router(backends, tmp_path, **kw):
 
 
 def test_weighted_routing_headers_and_log(backends, tmp_path):
-    router, server = start_router(backends, tmp_path, weights={"a": 80, "b": 20})
+    _router, server = start_router(backends, tmp_path, weights={"a": 80, "b": 20})
     try:
         with httpx.Client(base_url=server.url) as client:
             served = []
@@ -81,7 +80,7 @@ def test_weighted_routing_headers_and_log(backends, tmp_path):
 
 
 def test_sticky_units_always_reach_the_same_variant(backends, tmp_path):
-    router, server = start_router(backends, tmp_path, policy="sticky", salt="s1")
+    _router, server = start_router(backends, tmp_path, policy="sticky", salt="s1")
     try:
         with httpx.Client(base_url=server.url) as client:
             for unit in ("cam-1", "cam-2", "cam-3", "cam-4"):
@@ -95,7 +94,7 @@ def test_sticky_units_always_reach_the_same_variant(backends, tmp_path):
 
 
 def test_thompson_shifts_traffic_under_scripted_feedback(backends, tmp_path):
-    router, server = start_router(backends, tmp_path, policy="thompson", target_precision=0.95)
+    _router, server = start_router(backends, tmp_path, policy="thompson", target_precision=0.95)
     try:
         with httpx.Client(base_url=server.url) as client:
             for i in range(600):
