@@ -262,3 +262,42 @@ def test_shadow_analysis_agreement_and_disagreements(tmp_path):
     assert (
         "selection" in result["selection_bias"].lower() or "only traffic" in result["selection_bias"].lower()
     )
+
+
+def test_canary_webhook_answers_like_flagger_expects(tmp_path):
+    import httpx
+    from visionops.experiments.router import BackgroundServer
+    from visionops.experiments.webhook import build_app
+
+    rng = np.random.default_rng(9)
+    good = _write_logs(tmp_path / "good.jsonl", _canary_rows(rng, 4000))
+    bad = _write_logs(tmp_path / "bad.jsonl", _canary_rows(rng, 4000, canary_error=0.08))
+    config = AnalysisConfig(design="canary", weights={"baseline": 90, "canary": 10}, control="baseline")
+    server = BackgroundServer(build_app(good, config)).start()
+    try:
+        payload = {"name": "visionops", "namespace": "visionops", "phase": "Progressing", "metadata": {}}
+        ok = httpx.post(server.url + "/canary/check", json=payload)
+        assert ok.status_code == 200 and ok.json()["verdict"] == "promote"
+        payload["metadata"] = {"logs": bad}
+        failed = httpx.post(server.url + "/canary/check", json=payload)
+        assert failed.status_code == 412 and failed.json()["verdict"] == "abort"
+        payload["metadata"] = {"logs": str(tmp_path / "missing.jsonl")}
+        missing = httpx.post(server.url + "/canary/check", json=payload)
+        assert missing.status_code == 422 and "no such log" in missing.json()["reason"]
+    finally:
+        server.stop()
+
+
+def test_cli_analyze_and_sample_size(tmp_path):
+    from typer.testing import CliRunner
+    from visionops.cli import app
+
+    rows = [{"request_id": f"r{i}", "variant": "a" if i % 2 else "b", "label": "glasses"} for i in range(400)]
+    logs = _write_logs(tmp_path / "l.jsonl", rows)
+    result = CliRunner().invoke(
+        app, ["experiment", "analyze", logs, "--design", "ab", "--output", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "sample ratio: ok" in result.output and (tmp_path / "o" / "analysis.html").exists()
+    size = CliRunner().invoke(app, ["experiment", "sample-size", "--baseline", "0.8", "--mde", "0.05"])
+    assert size.exit_code == 0 and json.loads(size.output)["per_arm"] > 900

@@ -68,6 +68,30 @@ def sample_size_cmd(
     typer.echo(json.dumps({"per_arm": sample_size_per_arm(baseline, mde, alpha=alpha, power=power)}))
 
 
+@experiment_app.command("webhook")
+def webhook_cmd(
+    logs: str = typer.Option(
+        ..., "--logs", help="Experiment logs to analyse at each check (file, folder or s3://)."
+    ),
+    weights: str = typer.Option("baseline=90,canary=10", "--weights", help="Configured split."),
+    control: str = typer.Option("baseline", "--control", help="Baseline variant name."),
+    min_samples: int = typer.Option(200, help="Requests per variant before a promote verdict."),
+    host: str = typer.Option("0.0.0.0", help="Bind address."),
+    port: int = typer.Option(8090, help="Port."),
+) -> None:
+    """Serve the canary-analysis webhook Flagger / Argo Rollouts call (POST /canary/check)."""
+    from aiohttp import web
+
+    from visionops.experiments.analysis import AnalysisConfig
+    from visionops.experiments.assign import parse_weights
+    from visionops.experiments.webhook import build_app
+
+    config = AnalysisConfig(
+        design="canary", weights=parse_weights(weights), control=control, min_samples=min_samples
+    )
+    web.run_app(build_app(logs, config), host=host, port=port, access_log=None, print=None)
+
+
 def route_cmd(
     variant: list[str] = typer.Option(..., "--variant", help="name=http://host:port (repeat per variant)."),
     weights: str | None = typer.Option(
