@@ -375,6 +375,7 @@ def publish_dir(local_dir: str | Path, uri: str, marker: str) -> str:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
     shutil.copytree(local_dir, staging)
+    staging.chmod(0o755)  # the source is often a private temporary directory (0700)
     if target.exists():
         old = target.with_name(f".{target.name}.{uuid.uuid4().hex}.old")
         os.replace(target, old)
