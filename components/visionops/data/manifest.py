@@ -28,6 +28,8 @@ MANIFEST = "manifest.csv"
 QUARANTINE = "quarantine.csv"
 MARKER = "dataset.json"
 CORE_COLUMNS = ("path", "label", "sha256", "width", "height", "split", "group")
+#: Per-file facts written by ingestion (original URI, PIL mode, format, byte size): not metadata to slice on.
+INFO_COLUMNS = ("source", "mode", "format", "bytes")
 SPLITS = ("train", "val", "test")
 
 
@@ -65,7 +67,7 @@ class Dataset:
 
     @property
     def metadata_columns(self) -> list[str]:
-        return [c for c in self.frame.columns if c not in CORE_COLUMNS]
+        return [c for c in self.frame.columns if c not in CORE_COLUMNS and c not in INFO_COLUMNS]
 
     def split(self, name: str):
         if name not in SPLITS:

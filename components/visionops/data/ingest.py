@@ -1,0 +1,549 @@
+"""Ingestion: raw images (ImageFolder or a labels CSV, local or ``s3://``) -> a versioned, split dataset.
+
+For every image: sha256 of the bytes, a decode check (:func:`visionops.images.decode_image`; unusable files are
+quarantined with the reason, never a crash), width/height/mode/format. Usable images are copied
+content-addressed to ``<output>/images/<sha[:2]>/<sha>.<ext>``, so a dataset version never changes under you.
+Exact duplicates (same bytes) are kept once; the same bytes with two labels is a conflict and both are
+excluded. Splits are stratified by label with a fixed seed and group-aware (one person never in two splits).
+
+Golden set: with ``golden=URI`` (an earlier dataset, or its manifest.csv), every test image of it stays in
+test with its label, and new images only go to train/val (unless ``extend_golden``), so the golden version
+stays the same across re-ingests and every metric stays comparable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+import time
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from visionops import storage
+from visionops.data.manifest import CORE_COLUMNS, INFO_COLUMNS, SPLITS, Dataset, load_dataset, write_dataset
+from visionops.errors import ConfigError, DataError, ImageError, StorageError
+from visionops.images import DEFAULT_LIMITS, ImageLimits, decode_image
+
+log = logging.getLogger(__name__)
+
+LABELS_CSV = "labels.csv"
+REPORT = "ingest_report.json"
+_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp"}
+_RESERVED = (*CORE_COLUMNS, *INFO_COLUMNS)
+
+
+@dataclass
+class SourceItem:
+    """One image to ingest: where its bytes are and what we know about it."""
+
+    uri: str
+    label: str
+    group: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    golden: bool = False
+    expected_sha: str | None = None
+
+
+@dataclass
+class Processed:
+    """The outcome for one item: the facts of a usable image, or the reason it was refused."""
+
+    item: SourceItem
+    sha256: str | None = None
+    width: int = 0
+    height: int = 0
+    mode: str = ""
+    format: str = ""
+    size: int = 0
+    rel: str = ""  # images/<sha[:2]>/<sha>.<ext> once staged
+    error: str | None = None
+
+
+# -- discovering the source ---------------------------------------------------------------------------------
+def _parent(uri: str) -> str:
+    return uri.rsplit("/", 1)[0] if storage.is_remote(uri) else str(Path(uri).resolve().parent)
+
+
+def read_labels_csv(uri: str) -> tuple[list[SourceItem], list[str]]:
+    """Items of a labels CSV (``path,label[,group][,metadata...]``); relative paths are relative to the CSV."""
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(io.BytesIO(storage.read_bytes(uri)), dtype=str, keep_default_na=False)
+    except StorageError:
+        raise
+    except Exception as exc:
+        raise DataError(f"cannot parse labels CSV {uri}: {exc}") from exc
+    frame.columns = [str(c).strip() for c in frame.columns]
+    if "path" not in frame.columns or "label" not in frame.columns:
+        raise DataError(
+            f"labels CSV {uri} has columns {list(frame.columns)}; it needs 'path' and 'label' "
+            "(format: path,label[,group][,metadata columns...])"
+        )
+    reserved = [c for c in frame.columns if c in _RESERVED and c not in ("path", "label", "group")]
+    if reserved:
+        raise DataError(
+            f"labels CSV {uri} uses reserved column names {reserved}; ingestion computes those itself. "
+            "Rename or drop them."
+        )
+    if frame.empty:
+        raise DataError(f"no images found under {uri}: the labels CSV has no rows")
+    base = _parent(uri)
+    metadata = [c for c in frame.columns if c not in ("path", "label", "group")]
+    items = []
+    for row in frame.to_dict("records"):
+        path = row["path"].strip()
+        if not (storage.is_remote(path) or os.path.isabs(path)):
+            path = storage.join(base, path)
+        items.append(
+            SourceItem(
+                uri=path,
+                label=row["label"].strip(),
+                group=row.get("group", "").strip(),
+                metadata={c: row[c] for c in metadata},
+            )
+        )
+    return items, metadata
+
+
+def discover(source: str) -> tuple[list[SourceItem], list[str], str]:
+    """List the images of ``source``: ``(items, metadata_columns, kind)``; kind is ``csv`` or ``imagefolder``.
+
+    A directory/prefix with a ``labels.csv`` at its root is read through that CSV (it carries groups and
+    metadata); otherwise the first folder level below ``source`` is the class. Hidden files are skipped.
+    """
+    source = str(source)
+    if not storage.is_remote(source) and not Path(source).exists():
+        raise DataError(f"source {source} does not exist: give an ImageFolder directory or a labels CSV")
+    if source.endswith(".csv"):
+        items, metadata = read_labels_csv(source)
+        return items, metadata, "csv"
+    if not storage.is_remote(source) and Path(source).is_file():
+        raise DataError(
+            f"source {source} is a file but not a .csv: give an ImageFolder directory or a labels CSV"
+        )
+    labels_csv = storage.join(source, LABELS_CSV)
+    if storage.exists(labels_csv):
+        log.info("reading labels from %s", labels_csv)
+        items, metadata = read_labels_csv(labels_csv)
+        return items, metadata, "csv"
+    items = []
+    root = source.rstrip("/") if storage.is_remote(source) else str(Path(source).resolve())
+    for uri in storage.list_uris(root):
+        parts = storage.relative(uri, root).split("/")
+        if len(parts) < 2 or any(p.startswith(".") for p in parts):
+            continue  # files beside the class folders (README, manifest...) and hidden files are not images
+        items.append(SourceItem(uri=uri, label=parts[0]))
+    if not items:
+        raise DataError(
+            f"no images found under {source}: expected one folder per class "
+            f"(e.g. {storage.join(source, 'glasses')}/*.jpg and {storage.join(source, 'no_glasses')}/*.jpg) "
+            "or a labels CSV"
+        )
+    return items, [], "imagefolder"
+
+
+def golden_items(golden: str) -> tuple[list[SourceItem], list[str], str]:
+    """The test split of an earlier dataset (or of its manifest.csv) as golden items; and its golden version."""
+    from visionops.data.manifest import golden_version, read_manifest_frame
+
+    if str(golden).endswith(".csv"):
+        frame = read_manifest_frame(golden)
+    else:
+        frame = load_dataset(golden).frame
+    test = frame[frame["split"] == "test"]
+    if test.empty:
+        raise DataError(
+            f"golden set {golden} has no test rows: the golden set is the test split of a dataset"
+        )
+    metadata = [c for c in frame.columns if c not in CORE_COLUMNS and c not in INFO_COLUMNS]
+    items = [
+        SourceItem(
+            uri=str(row["path"]),
+            label=str(row["label"]),
+            group=str(row["group"]),
+            metadata={c: str(row[c]) for c in metadata},
+            golden=True,
+            expected_sha=str(row["sha256"]),
+        )
+        for row in test.to_dict("records")
+    ]
+    return items, metadata, golden_version(frame)
+
+
+# -- per image ----------------------------------------------------------------------------------------------
+def _process(item: SourceItem, staging: Path, limits: ImageLimits) -> Processed:
+    """Read, hash, check and stage one image; every failure becomes a reason, never an exception."""
+    from PIL import Image
+
+    if not item.label:
+        return Processed(item, error="no label (empty 'label' cell)")
+    try:
+        data = storage.read_bytes(item.uri)
+    except StorageError as exc:
+        return Processed(item, error=f"cannot read: {exc}")
+    sha = hashlib.sha256(data).hexdigest()
+    if item.expected_sha and sha != item.expected_sha:
+        return Processed(
+            item, sha, error=f"bytes changed: sha256 {sha[:12]} != manifest {item.expected_sha[:12]}"
+        )
+    try:
+        img = decode_image(data, limits)
+    except ImageError as exc:
+        return Processed(item, sha, size=len(data), error=str(exc))
+    fmt = img.info.get("source_format", "")
+    with Image.open(io.BytesIO(data)) as header:
+        mode = header.mode
+    rel = f"images/{sha[:2]}/{sha}.{_EXTENSIONS.get(fmt, 'img')}"
+    dest = staging / rel
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{id(item)}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, dest)
+    return Processed(item, sha, img.width, img.height, mode, fmt, len(data), rel)
+
+
+# -- duplicates, conflicts, splits --------------------------------------------------------------------------
+def _resolve_duplicates(done: list[Processed]) -> tuple[list[Processed], list[dict], list[dict], list[dict]]:
+    """Keep one image per sha256. Returns (kept, duplicates, conflicts, quarantine rows for conflicts)."""
+    by_sha: dict[str, list[Processed]] = defaultdict(list)
+    for p in sorted(done, key=lambda p: (not p.item.golden, p.item.uri)):
+        by_sha[p.sha256].append(p)
+    kept, duplicates, conflicts, refused = [], [], [], []
+    for sha, members in by_sha.items():
+        golden = [p for p in members if p.item.golden]
+        labels = sorted({p.item.label for p in members})
+        if golden:
+            first = golden[0]
+            kept.append(first)
+            others = [p for p in members if p is not first]
+            clash = [p for p in others if p.item.label != first.item.label]
+            if clash:
+                conflicts.append(
+                    {
+                        "sha256": sha,
+                        "golden": True,
+                        "items": [{"path": p.item.uri, "label": p.item.label} for p in members],
+                    }
+                )
+                for p in clash:
+                    refused.append(
+                        {
+                            "path": p.item.uri,
+                            "label": p.item.label,
+                            "reason": f"label conflict with golden image {first.item.uri} "
+                            f"(labelled {first.item.label!r}); the golden label is kept",
+                        }
+                    )
+            same = [p for p in others if p.item.label == first.item.label]
+            if same:
+                duplicates.append(
+                    {"sha256": sha, "kept": first.item.uri, "dropped": [p.item.uri for p in same]}
+                )
+            continue
+        if len(labels) > 1:
+            conflicts.append(
+                {
+                    "sha256": sha,
+                    "golden": False,
+                    "items": [{"path": p.item.uri, "label": p.item.label} for p in members],
+                }
+            )
+            for p in members:
+                others = ", ".join(f"{q.item.uri} ({q.item.label})" for q in members if q is not p)
+                refused.append(
+                    {
+                        "path": p.item.uri,
+                        "label": p.item.label,
+                        "reason": f"label conflict: identical bytes labelled {p.item.label!r} here and "
+                        f"elsewhere: {others}. Fix the label, then re-ingest",
+                    }
+                )
+            continue
+        kept.append(members[0])
+        if len(members) > 1:
+            duplicates.append(
+                {"sha256": sha, "kept": members[0].item.uri, "dropped": [p.item.uri for p in members[1:]]}
+            )
+    return kept, duplicates, conflicts, refused
+
+
+def assign_splits(labels: list[str], groups: list[str], fractions: dict[str, float], seed: int) -> list[str]:
+    """Stratified, group-aware split assignment (deterministic in ``seed``).
+
+    Each group (an empty group = the image alone) goes whole to one split: larger groups first, each to the
+    split whose per-label counts are furthest below their targets. With singletons this is a plain stratified
+    split (exact to one image per class).
+    """
+    import numpy as np
+
+    splits = [s for s in SPLITS if fractions.get(s, 0.0) > 0]
+    totals = Counter(labels)
+    units: dict[str, list[int]] = defaultdict(list)
+    for i, g in enumerate(groups):
+        units[g if g else f"\0{i}"].append(i)
+    keys = sorted(units)
+    order = [keys[k] for k in np.random.default_rng(seed).permutation(len(keys))]
+    order.sort(key=lambda k: -len(units[k]))  # stable: random order within a size
+    current = {s: Counter() for s in splits}
+    out = [""] * len(labels)
+    for key in order:
+        counts = Counter(labels[i] for i in units[key])
+
+        def need(s: str, counts: Counter = counts) -> float:
+            return sum(
+                n * (fractions[s] * totals[lab] - current[s][lab]) / totals[lab] for lab, n in counts.items()
+            )
+
+        best = max(splits, key=need)  # ties go to the first split (train)
+        current[best].update(counts)
+        for i in units[key]:
+            out[i] = best
+    return out
+
+
+# -- the stage ----------------------------------------------------------------------------------------------
+def _check_fractions(val_fraction: float, test_fraction: float) -> None:
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ConfigError(
+            f"val_fraction={val_fraction}, test_fraction={test_fraction}: each must be in [0, 1) and their "
+            "sum below 1 (train gets the rest)"
+        )
+
+
+def _run_parallel(
+    items: list[SourceItem], staging: Path, limits: ImageLimits, workers: int, progress: bool
+) -> list[Processed]:
+    from tqdm import tqdm
+
+    results: list[Processed] = []
+    with (
+        ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
+        tqdm(total=len(items), desc="ingest", unit="img", disable=not progress, mininterval=1.0) as bar,
+    ):
+        futures = [pool.submit(_process, item, staging, limits) for item in items]
+        for future in as_completed(futures):
+            results.append(future.result())
+            bar.update()
+    return results
+
+
+def _upload(staging: Path, rels: list[str], output: str, workers: int, progress: bool) -> None:
+    """Copy staged images to an s3:// output in parallel (content-addressed keys never change)."""
+    from tqdm import tqdm
+
+    store = storage.store_for(output)
+    with (
+        ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
+        tqdm(total=len(rels), desc="upload", unit="img", disable=not progress, mininterval=1.0) as bar,
+    ):
+        futures = [pool.submit(store.upload_file, staging / rel, storage.join(output, rel)) for rel in rels]
+        for future in as_completed(futures):
+            future.result()
+            bar.update()
+
+
+def _default_positive(classes: list[str]) -> str | None:
+    if "glasses" in classes:
+        return "glasses"
+    return classes[1] if len(classes) == 2 else None
+
+
+def ingest(
+    source: str,
+    output: str,
+    *,
+    golden: str | None = None,
+    extend_golden: bool = False,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    workers: int = 8,
+    limits: ImageLimits = DEFAULT_LIMITS,
+    positive_class: str | None = None,
+    progress: bool = True,
+) -> Dataset:
+    """Ingest ``source`` into a new dataset version at ``output`` (see the module docstring). Returns it.
+
+    Without ``golden`` the images are split train/val/test by the fractions. With ``golden`` its test images
+    stay the test split and new images go to train/val only (``extend_golden=True`` lets a ``test_fraction``
+    of them, and new images of golden people, join the golden set).
+    """
+    _check_fractions(val_fraction, test_fraction)
+    started = time.monotonic()
+    items, metadata_cols, kind = discover(source)
+    found_classes = sorted({i.label for i in items if i.label})
+    if len(found_classes) < 2:
+        raise DataError(
+            f"found {len(found_classes)} class(es) {found_classes} under {source}: a classifier needs at least 2 "
+            "(one folder per class, or two distinct labels in the CSV)"
+        )
+    gold: list[SourceItem] = []
+    old_golden_version = None
+    if golden:
+        gold, gold_meta_cols, old_golden_version = golden_items(golden)
+        metadata_cols += [c for c in gold_meta_cols if c not in metadata_cols]
+    log.info("ingesting %d images (%d golden) from %s", len(items), len(gold), source)
+
+    with tempfile.TemporaryDirectory(prefix="visionops-ingest-") as tmp:
+        staging = Path(tmp)
+        results = _run_parallel(gold + items, staging, limits, workers, progress)
+        bad_gold = [p for p in results if p.item.golden and p.error]
+        if bad_gold:
+            raise DataError(
+                f"golden set {golden}: {len(bad_gold)} image(s) cannot be used, e.g. {bad_gold[0].item.uri}: "
+                f"{bad_gold[0].error}. The golden set must stay intact; restore those files"
+            )
+        quarantine = [
+            {"path": p.item.uri, "label": p.item.label, "reason": p.error} for p in results if p.error
+        ]
+        kept, duplicates, conflicts, refused = _resolve_duplicates([p for p in results if not p.error])
+        quarantine += refused
+
+        golden_groups = {p.item.group for p in kept if p.item.golden and p.item.group}
+        new = []
+        forced_test = []
+        for p in kept:
+            if p.item.golden:
+                continue
+            if p.item.group and p.item.group in golden_groups:
+                if extend_golden:
+                    forced_test.append(p)
+                else:
+                    quarantine.append(
+                        {
+                            "path": p.item.uri,
+                            "label": p.item.label,
+                            "reason": f"group {p.item.group!r} is in the golden test set; its new "
+                            "images cannot go to train/val without leakage "
+                            "(use --extend-golden to add them to the golden set)",
+                        }
+                    )
+                continue
+            new.append(p)
+
+        if golden and not extend_golden:
+            rest = 1.0 - test_fraction
+            fractions = {"train": (1.0 - val_fraction - test_fraction) / rest, "val": val_fraction / rest}
+        else:
+            fractions = {
+                "train": 1.0 - val_fraction - test_fraction,
+                "val": val_fraction,
+                "test": test_fraction,
+            }
+        new_splits = assign_splits([p.item.label for p in new], [p.item.group for p in new], fractions, seed)
+        placed = (
+            [(p, "test") for p in kept if p.item.golden]
+            + [(p, "test") for p in forced_test]
+            + list(zip(new, new_splits, strict=True))
+        )
+        if not placed:
+            raise DataError(
+                f"no usable images under {source}: all {len(results)} were quarantined "
+                f"(e.g. {quarantine[0]['path']}: {quarantine[0]['reason']})"
+            )
+        frame = _build_frame(placed, output, metadata_cols)
+        classes = sorted(frame["label"].unique())
+        if len(classes) < 2:
+            raise DataError(f"only class(es) {classes} have usable images after quarantine; need at least 2")
+        report = {
+            "source": str(source),
+            "source_kind": kind,
+            "found": len(items),
+            "usable": len(frame),
+            "quarantined": len(quarantine),
+            "quarantine_reasons": dict(Counter(_reason_kind(q["reason"]) for q in quarantine)),
+            "duplicates": duplicates,
+            "duplicates_dropped": sum(len(d["dropped"]) for d in duplicates),
+            "conflicts": conflicts,
+            "golden": {
+                "source": golden,
+                "images": len(gold),
+                "previous_version": old_golden_version,
+                "extended": extend_golden,
+                "added": int((frame["split"] == "test").sum()) - len(gold) if golden else 0,
+            },
+            "seconds": round(time.monotonic() - started, 3),
+        }
+        (staging / REPORT).write_text(json.dumps(report, indent=2))
+        meta: dict[str, Any] = {
+            "source": str(source),
+            "classes": classes,
+            "positive_class": positive_class or _default_positive(classes),
+            "splits": {
+                "val_fraction": val_fraction,
+                "test_fraction": test_fraction,
+                "seed": seed,
+                "group_aware": bool((frame["group"] != "").any()),
+            },
+            "golden_source": golden,
+            "extend_golden": extend_golden,
+            "ingest": {k: report[k] for k in ("found", "usable", "quarantined", "duplicates_dropped")}
+            | {"conflicts": len(conflicts)},
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        if meta["positive_class"] not in classes and meta["positive_class"] is not None:
+            raise ConfigError(f"positive_class={positive_class!r} is not one of the classes {classes}")
+        import pandas as pd
+
+        q_frame = pd.DataFrame(quarantine, columns=["path", "label", "reason"])
+        rels = sorted({p.rel for p, _ in placed})
+        extra = {REPORT: staging / REPORT}
+        if storage.is_remote(output):
+            _upload(staging, rels, output, workers, progress)
+        else:
+            extra.update({rel: staging / rel for rel in rels})
+        dataset = write_dataset(frame, meta, _output_root(output), quarantine=q_frame, extra_files=extra)
+    if golden and not extend_golden and dataset.golden_version != old_golden_version:
+        raise DataError(
+            f"golden version changed ({old_golden_version} -> {dataset.golden_version}) "
+            "although extend_golden is off: please report this bug"
+        )
+    log.info("dataset %s (golden %s) written to %s", dataset.version, dataset.golden_version, output)
+    return dataset
+
+
+def _reason_kind(reason: str) -> str:
+    """A short bucket for a quarantine reason (the text up to the first colon)."""
+    return reason.split(":", 1)[0].strip()
+
+
+def _output_root(output: str) -> str:
+    return str(output).rstrip("/") if storage.is_remote(output) else str(Path(output).resolve())
+
+
+def _build_frame(placed: list[tuple[Processed, str]], output: str, metadata_cols: list[str]):
+    import pandas as pd
+
+    root = _output_root(output)
+    rows = []
+    for p, split in placed:
+        row = {
+            "path": storage.join(root, p.rel),
+            "label": p.item.label,
+            "sha256": p.sha256,
+            "width": p.width,
+            "height": p.height,
+            "split": split,
+            "group": p.item.group,
+            "source": p.item.uri,
+            "mode": p.mode,
+            "format": p.format,
+            "bytes": p.size,
+        }
+        row.update({c: p.item.metadata.get(c, "") for c in metadata_cols})
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=[*CORE_COLUMNS, *INFO_COLUMNS, *metadata_cols])
+    order = {s: i for i, s in enumerate(SPLITS)}
+    frame = frame.sort_values(
+        ["split", "label", "sha256"], key=lambda c: c.map(order) if c.name == "split" else c
+    )
+    return frame.reset_index(drop=True)
