@@ -47,6 +47,7 @@ KUSTOMIZATIONS = [
     "overlays/shadow",
     "observability",
     "rbac",
+    "experiments",
 ]
 #: kustomizations that only make sense inside another one (a Component; the shared pod; overlay parts)
 PARTS = {"components/model-uri", "base/deployment", "overlays/canary/canary", "overlays/shadow/shadow"}
@@ -56,6 +57,7 @@ CRD_SCHEMAS = {
     ("monitoring.coreos.com/v1", "PodMonitor"): "podmonitor-monitoring-v1.json",
     ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule-monitoring-v1.json",
     ("gateway.networking.k8s.io/v1", "HTTPRoute"): "httproute-gateway-v1.json",
+    ("flagger.app/v1beta1", "Canary"): "canary-flagger-v1beta1.json",
 }
 SERVING, MONITOR = "serving", "drift-monitor"
 
@@ -875,3 +877,39 @@ def test_pod_processes_start_and_talk_as_configured(s3, tmp_path):
             with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
                 os.killpg(proc.pid, signal.SIGTERM)
                 proc.wait(timeout=20)
+
+
+# -- online experiments: the router and the canary-analysis webhook ---------------------------------------------
+def test_experiment_services_are_locked_down_and_wired_to_real_paths():
+    from visionops.experiments import router, webhook
+
+    code = Path(router.__file__).read_text() + Path(webhook.__file__).read_text()
+    deployments = {d["metadata"]["name"]: d for d in objects("experiments", "Deployment")}
+    assert set(deployments) == {"visionops-router", "visionops-canary-webhook"}
+    for dep in deployments.values():
+        pod = dep["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True and pod["automountServiceAccountToken"] is False
+        (container,) = pod["containers"]
+        assert container["image"] == visionops.DEFAULT_IMAGE
+        sc = container["securityContext"]
+        assert sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"]
+        assert sc["capabilities"]["drop"] == ["ALL"]
+        assert {"cpu", "memory"} <= set(container["resources"]["limits"])
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            path = container[probe]["httpGet"]["path"]
+            assert f'"{path}"' in code, f"{dep['metadata']['name']} probes {path}, which the code does not serve"
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert str(ports["http"]) in container["args"]
+    # the Flagger Canary calls the webhook Service on the path the webhook serves
+    canary = one("experiments", "Canary", "visionops-serving")
+    (hook,) = canary["spec"]["analysis"]["webhooks"]
+    service = one("experiments", "Service", "visionops-canary-webhook")
+    assert hook["url"] == f"http://visionops-canary-webhook.visionops:{service['spec']['ports'][0]['port']}/canary/check"
+    assert canary["spec"]["targetRef"]["name"] == one("base", "Deployment", "visionops-serving")["metadata"]["name"]
+    # the router's CLI arguments parse with the code's own parsers
+    from visionops.experiments.assign import parse_weights
+    from visionops.experiments.router import parse_variants
+
+    args = deployments["visionops-router"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    variants = parse_variants(",".join(args[i + 1] for i, a in enumerate(args) if a == "--variant"))
+    assert set(parse_weights(args[args.index("--weights") + 1])) == set(variants)

@@ -319,6 +319,9 @@ def build_app(router: Router):
             }
         )
 
+    async def healthz(_request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "variants": sorted(settings.variants)})
+
     async def metrics(_request: web.Request) -> web.Response:
         return web.Response(text=router.metrics_text(), content_type="text/plain")
 
@@ -328,6 +331,7 @@ def build_app(router: Router):
     app.router.add_post("/feedback", feedback)
     app.router.add_get("/router/state", state)
     app.router.add_get("/router/metrics", metrics)
+    app.router.add_get("/router/healthz", healthz)
     app.router.add_route("*", "/{tail:.*}", forward)
     return app
 
