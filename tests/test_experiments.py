@@ -301,3 +301,35 @@ def test_cli_analyze_and_sample_size(tmp_path):
     assert "sample ratio: ok" in result.output and (tmp_path / "o" / "analysis.html").exists()
     size = CliRunner().invoke(app, ["experiment", "sample-size", "--baseline", "0.8", "--mde", "0.05"])
     assert size.exit_code == 0 and json.loads(size.output)["per_arm"] > 900
+
+
+def test_kfp_component_compiles_and_runs(tmp_path):
+    from kfp import compiler
+    from kfp.dsl import HTML, Artifact, Metrics
+    from visionops.pipeline.experiment_components import analyze_experiment, experiment_analysis_pipeline
+
+    package = tmp_path / "exp.yaml"
+    compiler.Compiler().compile(experiment_analysis_pipeline, str(package))
+    spec = package.read_text()
+    assert "analyze-experiment" in spec and "visionops-s3" in spec
+    rng = np.random.default_rng(2)
+    logs = _write_logs(tmp_path / "l.jsonl", _canary_rows(rng, 3000))
+    outputs = {
+        name: cls(name=name, uri=str(tmp_path / name))
+        for name, cls in (("analysis", Artifact), ("report", HTML), ("figures", Metrics))
+    }
+    for art in outputs.values():
+        art.path = str(tmp_path / art.name)
+    verdict = analyze_experiment.python_func(
+        logs_uri=logs,
+        design="canary",
+        feedback_uri="",
+        weights="baseline=90,canary=10",
+        control="baseline",
+        capture_uri="",
+        target_precision=0.95,
+        **outputs,
+    )
+    assert verdict == "promote"
+    assert "<html" in (tmp_path / "report").read_text()
+    assert outputs["figures"].metadata["score"] == 100
