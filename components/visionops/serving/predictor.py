@@ -1,0 +1,159 @@
+"""Bundle -> predictions for image bytes: the library part of serving, usable in-process without HTTP.
+
+The service validates and decodes each request with :meth:`Predictor.decode`, turns it into a tensor with
+:meth:`Predictor.to_tensor` (the bundle's own eval transform), runs batches through :meth:`Predictor.infer`
+and shapes each answer with :meth:`Predictor.describe`. :meth:`Predictor.predict` chains the same steps for
+a list of images, so train/serve parity is testable without a server.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from visionops.errors import ImageError
+from visionops.images import ImageLimits, decode_image
+
+log = logging.getLogger(__name__)
+
+#: How :class:`ImageError` messages from :func:`visionops.images.decode_image` map to HTTP statuses.
+_IMAGE_ERROR_STATUS = (
+    ("empty image", 400),
+    ("image too large", 413),
+    ("image has too many pixels", 413),
+    ("absurd image dimensions", 422),
+    ("unsupported image format", 415),
+    ("not a decodable image", 415),
+    ("corrupt or truncated", 422),
+)
+
+
+def image_error_status(exc: ImageError) -> int:
+    """The HTTP status for an image refused by :func:`decode_image` (422 when the reason is unknown)."""
+    message = str(exc)
+    for prefix, status in _IMAGE_ERROR_STATUS:
+        if message.startswith(prefix):
+            return status
+    return 422
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _features_module():
+    """``visionops.features`` (drift features), or None where this build lacks it."""
+    try:
+        from visionops import features
+    except ModuleNotFoundError as exc:  # the drift stage is optional in a build
+        if exc.name != "visionops.features":
+            raise
+        return None
+    return features
+
+
+@dataclass
+class Outputs:
+    """Model outputs for one batch: class probabilities (N, C) and embeddings (N, D) or None."""
+
+    probs: Any
+    embeddings: Any = None
+
+
+class Predictor:
+    """A loaded bundle plus the serving decision rule (threshold, possibly overridden) and input limits."""
+
+    def __init__(self, bundle, *, threshold: float | None = None, limits: ImageLimits | None = None) -> None:
+        if threshold is not None:
+            # The override replaces the bundle's threshold for this process only; the bundle is untouched.
+            bundle.meta = {**bundle.meta, "threshold": float(threshold)}
+        self.bundle = bundle
+        self.limits = limits or ImageLimits()
+        self._features = _features_module()
+
+    @classmethod
+    def load(
+        cls,
+        uri: str,
+        *,
+        threshold: float | None = None,
+        limits: ImageLimits | None = None,
+        device: str = "auto",
+    ) -> Predictor:
+        """Load the bundle at ``uri`` (local or s3://, downloaded once) on ``device``."""
+        from visionops.bundle import load_bundle
+
+        return cls(load_bundle(uri, device=resolve_device(device)), threshold=threshold, limits=limits)
+
+    # -- what the answers carry -------------------------------------------------------------------------------
+    @property
+    def version(self) -> str:
+        return self.bundle.version
+
+    @property
+    def architecture(self) -> str:
+        return self.bundle.architecture
+
+    @property
+    def classes(self) -> list[str]:
+        return self.bundle.classes
+
+    @property
+    def threshold(self) -> float:
+        return self.bundle.threshold
+
+    # -- the steps --------------------------------------------------------------------------------------------
+    def decode(self, data: bytes):
+        """Validated RGB PIL image, or :class:`ImageError` (see :func:`image_error_status` for the status)."""
+        return decode_image(data, self.limits)
+
+    def to_tensor(self, image) -> Any:
+        """One image -> the model's input tensor (C, H, W), with the bundle's eval transform."""
+        return self.bundle.transform(image)
+
+    def infer(self, batch) -> Outputs:
+        """A batch tensor (N, C, H, W) -> probabilities and (when the drift features exist) embeddings."""
+        if self._features is not None:
+            probs, embeddings = self._features.model_outputs(self.bundle, batch)
+            return Outputs(probs, embeddings)
+        return Outputs(self.bundle.predict_proba(batch))
+
+    def describe(self, probs_row) -> dict[str, Any]:
+        """One probability row -> the answer: label, probability (positive class), per-class, threshold."""
+        import numpy as np
+
+        row = np.asarray(probs_row, dtype=np.float64).reshape(1, -1)
+        label = self.bundle.decide(row)[0]
+        probabilities = {c: float(p) for c, p in zip(self.classes, row[0], strict=True)}
+        return {
+            "label": label,
+            "probability": probabilities[self.bundle.positive_class],
+            "confidence": probabilities[label],
+            "probabilities": probabilities,
+            "positive_class": self.bundle.positive_class,
+            "threshold": self.threshold,
+            "model_version": self.version,
+        }
+
+    def feature_rows(self, images: list, outputs: Outputs) -> list[dict[str, Any]]:
+        """Drift feature rows for decoded images and their outputs (empty dicts when features are absent)."""
+        if self._features is None:
+            return [{} for _ in images]
+        return self._features.feature_rows(self.bundle, images, outputs.probs, outputs.embeddings)
+
+    def predict(self, images: list) -> list[dict[str, Any]]:
+        """Image bytes or PIL images -> answers, in one batch (what the service does, without HTTP)."""
+        import torch
+
+        if not images:
+            return []
+        decoded = [self.decode(img) if isinstance(img, bytes | bytearray) else img for img in images]
+        batch = torch.stack([self.to_tensor(img) for img in decoded])
+        outputs = self.infer(batch)
+        return [self.describe(row) for row in outputs.probs]

@@ -1,0 +1,460 @@
+"""The BentoML service: a generic classifier that serves whatever model bundle ``VISIONOPS_MODEL_URI`` names.
+
+Started by ``bentoml serve visionops.serving.service:VisionOpsClassifier`` (what ``visionops serve`` and the
+serving container run). This is the one module that imports bentoml and torch at the top: only the server
+imports it.
+
+Endpoints (all POST answer JSON; errors are ``{"error": "...", "request_id": "..."}`` with a 4xx/5xx status):
+
+- ``/classify``        one image: multipart field ``image``, or the raw bytes with ``Content-Type: image/*``
+- ``/classify_batch``  several images: multipart, the field ``images`` repeated
+- ``/feedback``        JSON ``{"request_id": ..., "label": ...}``: the true label for an earlier answer
+- ``/livez``, ``/readyz`` (ready once the model is loaded and warmed up), ``/metrics`` (Prometheus)
+
+Every image is validated (content type, bytes, pixels, corrupt/truncated) before it reaches the model;
+valid ones are merged across concurrent requests by BentoML's adaptive batching dispatcher (bounded batch
+size and latency from the settings).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+import bentoml
+import torch
+from bentoml._internal.marshal.dispatcher import CorkDispatcher
+from bentoml.exceptions import ServiceUnavailable
+from bentoml.validators import ContentType
+from starlette.datastructures import UploadFile
+
+from visionops.errors import ImageError
+from visionops.images import ImageLimits
+from visionops.serving import bundled_model_uri
+from visionops.serving.capture import PayloadCapture
+from visionops.serving.emitter import DROP_REASONS, LazyRows, MonitorEmitter
+from visionops.serving.metrics import serving_metrics
+from visionops.serving.prediction_log import PredictionLog
+from visionops.serving.predictor import Predictor, image_error_status
+from visionops.serving.settings import ServingSettings
+
+log = logging.getLogger("visionops.serving")
+
+#: Content types of an image part or body that we try to decode (the decoder then checks the real format).
+ACCEPTED_TYPES = ("image/", "application/octet-stream")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+#: Feedback may name one image of a batch answer: ``<request id>-<index>``.
+_FEEDBACK_ID = re.compile(r"^[A-Za-z0-9._:-]{1,140}$")
+#: Multipart overhead allowed on top of the image bytes before a request is refused from its Content-Length.
+_MULTIPART_SLACK = 64 * 1024
+
+
+# -- request bodies ---------------------------------------------------------------------------------------------
+@dataclass
+class Upload:
+    """One image as received: bytes, declared content type, file name."""
+
+    data: bytes
+    content_type: str | None = None
+    filename: str | None = None
+
+
+@dataclass
+class Problem:
+    """A request refused before any image was looked at (status + message)."""
+
+    status: int
+    message: str
+
+
+class BodyTooLarge(Exception):
+    """Raised by :class:`BodyLimit` while a body without a (truthful) Content-Length is being read."""
+
+
+class RequestRefused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _media_type(value: str | None) -> str:
+    return (value or "").split(";")[0].strip().lower()
+
+
+async def _read_uploads(request, field: str, *, many: bool) -> list[Upload] | Problem:
+    """The image(s) of a request: multipart field ``field`` (repeated when ``many``) or a raw image body."""
+    try:
+        return await _parse_uploads(request, field, many=many)
+    except BodyTooLarge as exc:
+        return Problem(413, str(exc))
+
+
+async def _parse_uploads(request, field: str, *, many: bool) -> list[Upload] | Problem:
+    media = _media_type(request.headers.get("content-type"))
+    if media.startswith("image/") or (media == "application/octet-stream" and not many):
+        body = await request.body()
+        return [Upload(body, media)]
+    if media not in ("multipart/form-data",):
+        how = (
+            f"multipart/form-data with the field {field!r} repeated"
+            if many
+            else f"multipart/form-data with the field {field!r}, or the raw image with Content-Type image/*"
+        )
+        return Problem(415, f"unsupported Content-Type {media or '(none)'!r}: send {how}")
+    try:
+        form = await request.form()
+    except BodyTooLarge:
+        raise
+    except Exception as exc:  # malformed multipart body
+        return Problem(400, f"malformed multipart body: {exc}")
+    parts = form.getlist(field)
+    if not parts:
+        return Problem(
+            400,
+            f"multipart field {field!r} is missing (got fields {sorted(set(form.keys()))}); "
+            f"send the image{'s' if many else ''} as {field!r}",
+        )
+    if not many and len(parts) > 1:
+        return Problem(400, f"send exactly one {field!r} field here; use /classify_batch for several images")
+    uploads = []
+    for part in parts:
+        if not isinstance(part, UploadFile):
+            return Problem(400, f"field {field!r} must be a file upload, not a text value")
+        ctype = _media_type(part.content_type)
+        if ctype and not ctype.startswith(ACCEPTED_TYPES):
+            return Problem(
+                415, f"part {part.filename or field!r} has Content-Type {ctype!r}; send an image/*"
+            )
+        uploads.append(Upload(await part.read(), ctype or None, part.filename))
+    return uploads
+
+
+class ClassifyInput(bentoml.IODescriptor):
+    """One image: multipart field ``image`` or a raw ``image/*`` body."""
+
+    image: Annotated[Path, ContentType("image/*")]
+
+    @classmethod
+    async def from_http_request(cls, request, serde) -> ClassifyInput:
+        return cls.model_construct(image=await _read_uploads(request, "image", many=False))
+
+
+class BatchInput(bentoml.IODescriptor):
+    """Several images: multipart, the field ``images`` repeated."""
+
+    images: list[Annotated[Path, ContentType("image/*")]]
+
+    @classmethod
+    async def from_http_request(cls, request, serde) -> BatchInput:
+        return cls.model_construct(images=await _read_uploads(request, "images", many=True))
+
+
+class BodyLimit:
+    """ASGI middleware: refuse a body over the limit (413).
+
+    A declared Content-Length over the limit is refused before anything is read; a chunked body is counted
+    while it streams and reading stops (:class:`BodyTooLarge`) as soon as it passes the limit.
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self._limits: dict[str, int] | None = None
+
+    def limits(self) -> dict[str, int]:
+        if self._limits is None:
+            s = ServingSettings.from_env()
+            one = s.max_image_bytes + _MULTIPART_SLACK
+            self._limits = {
+                "/classify": one,
+                "/classify_batch": one * s.max_request_images,
+                "/feedback": 65536,
+            }
+        return self._limits
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and (limit := self.limits().get(scope["path"])) is not None:
+            length = dict(scope["headers"]).get(b"content-length")
+            if length is not None and length.isdigit() and int(length) > limit:
+                from starlette.responses import JSONResponse
+
+                message = f"request body of {int(length)} bytes exceeds the limit of {limit} bytes"
+                await JSONResponse({"error": message}, status_code=413)(scope, receive, send)
+                return
+            receive = _counting(receive, limit)
+        await self.app(scope, receive, send)
+
+
+def _counting(receive, limit: int):
+    """An ASGI ``receive`` that raises :class:`BodyTooLarge` once more than ``limit`` body bytes arrived."""
+    seen = 0
+
+    async def wrapped():
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
+        return message
+
+    return wrapped
+
+
+def _overloaded():
+    raise ServiceUnavailable(
+        "server overloaded: the batch queue exceeds VISIONOPS_MAX_LATENCY_MS; retry later"
+    )
+
+
+# -- the service ------------------------------------------------------------------------------------------------
+@bentoml.service(name="visionops", workers=1, traffic={"timeout": 60}, logging={"access": {"enabled": False}})
+class VisionOpsClassifier:
+    """Classify images with the model bundle at ``VISIONOPS_MODEL_URI``."""
+
+    def __init__(self) -> None:
+        self.settings = ServingSettings.from_env()
+        if self.settings.torch_threads:
+            torch.set_num_threads(self.settings.torch_threads)
+        limits = ImageLimits(
+            max_bytes=self.settings.max_image_bytes, max_pixels=self.settings.max_image_pixels
+        )
+        uri = self.settings.model_uri or bundled_model_uri() or self.settings.require_model()
+        started = time.perf_counter()
+        self.predictor = Predictor.load(
+            uri, threshold=self.settings.threshold, limits=limits, device=self.settings.device
+        )
+        self.metrics = serving_metrics()
+        self.metrics.model_info.labels(self.predictor.version, self.predictor.architecture).set(1)
+        for reason in DROP_REASONS:  # zero samples, so the series exist before the first drop
+            self.metrics.dropped.labels(reason)
+        self.emitter = None
+        if self.settings.monitor_url:
+            dropped = self.metrics.dropped
+            self.emitter = MonitorEmitter(
+                self.settings.monitor_url,
+                queue_size=self.settings.monitor_queue_size,
+                on_drop=lambda reason, n: dropped.labels(reason).inc(n),
+            )
+        self.prediction_log = (
+            PredictionLog(self.settings.prediction_log) if self.settings.prediction_log else None
+        )
+        self.capture = None
+        if self.settings.capture_uri and self.settings.capture_rate > 0:
+            self.capture = PayloadCapture(self.settings.capture_uri, self.settings.capture_rate)
+        self._dispatch = None
+        self._warm_up()
+        log.info(
+            "serving model %s (%s) from %s, threshold %.4f, loaded in %.1fs",
+            self.predictor.version,
+            self.predictor.architecture,
+            uri,
+            self.predictor.threshold,
+            time.perf_counter() - started,
+        )
+        self._ready = True
+
+    @bentoml.on_shutdown
+    def _flush(self) -> None:
+        """Deliver what is queued for the monitor and the prediction log before the process exits."""
+        for sink in (self.emitter, self.prediction_log):
+            if sink is not None:
+                sink.close(timeout=5.0)
+
+    def __is_ready__(self) -> bool:
+        return getattr(self, "_ready", False)
+
+    def _warm_up(self) -> None:
+        """One inference before readiness, so the first user request does not pay for lazy initialisation."""
+        from PIL import Image
+
+        size = self.predictor.bundle.preprocess.resize_size
+        image = Image.new("RGB", (size, size), (128, 128, 128))
+        outputs = self.predictor.infer(self.predictor.to_tensor(image)[None])
+        if self.emitter is not None or self.prediction_log is not None:
+            self.predictor.feature_rows([image], outputs)  # first-call costs of the feature path, too
+
+    # -- batching -------------------------------------------------------------------------------------------
+    def _infer_batch(self, tensors: Sequence[Any]) -> list[tuple[Any, Any]]:
+        """The batched model call (runs in a worker thread): per image (probs row, embedding row or None)."""
+        outputs = self.predictor.infer(torch.stack(list(tensors)))
+        embeddings = outputs.embeddings if outputs.embeddings is not None else [None] * len(tensors)
+        return list(zip(outputs.probs, embeddings, strict=True))
+
+    async def _infer_one(self, tensor) -> tuple[Any, Any]:
+        # CorkDispatcher is the adaptive batching engine behind ``@bentoml.api(batchable=True)``. It is used
+        # directly so that validation, request ids, status codes and metrics stay per request while the model
+        # sees merged batches (a batchable endpoint fails a whole merged batch for one bad image). bentoml is
+        # pinned in constraints.txt and the serving tests exercise this path.
+        if self._dispatch is None:  # the dispatcher binds to the running event loop
+            dispatcher = CorkDispatcher(
+                max_latency_in_ms=self.settings.max_latency_ms,
+                max_batch_size=self.settings.max_batch_size,
+                fallback=_overloaded,
+                get_batch_size=lambda _: 1,
+            )
+            self._dispatch = dispatcher(self._infer_batch)
+        return await self._dispatch(tensor)
+
+    # -- request handling ------------------------------------------------------------------------------------
+    def _request_id(self, ctx: bentoml.Context) -> str:
+        given = ctx.request.headers.get("x-request-id", "")
+        return given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+
+    def _prepare(self, uploads: list[Upload]) -> list[tuple[Any, Any]]:
+        """Decode and transform each upload (in a worker thread); the first bad image refuses the request."""
+        prepared = []
+        for i, upload in enumerate(uploads):
+            try:
+                image = self.predictor.decode(upload.data)
+            except ImageError as exc:
+                where = f"image {i} ({upload.filename}): " if len(uploads) > 1 else ""
+                raise RequestRefused(image_error_status(exc), f"{where}{exc}") from exc
+            prepared.append((image, self.predictor.to_tensor(image)))
+        return prepared
+
+    async def _answer(
+        self, endpoint: str, uploads: list[Upload] | Problem, ctx: bentoml.Context, *, many: bool
+    ):
+        started = time.perf_counter()
+        rid = self._request_id(ctx)
+        ctx.response.headers["X-Request-ID"] = rid
+        version = self.predictor.version
+        status = 200
+        try:
+            if isinstance(uploads, Problem):
+                raise RequestRefused(uploads.status, uploads.message)
+            if many and len(uploads) > self.settings.max_request_images:
+                raise RequestRefused(
+                    413,
+                    f"{len(uploads)} images in one request; the limit is {self.settings.max_request_images} "
+                    "(VISIONOPS_MAX_REQUEST_IMAGES)",
+                )
+            prepared = await anyio.to_thread.run_sync(self._prepare, uploads)
+            outputs = await asyncio.gather(*(self._infer_one(tensor) for _, tensor in prepared))
+        except RequestRefused as exc:
+            status, body = exc.status, {"error": str(exc), "request_id": rid}
+        except ServiceUnavailable as exc:
+            status, body = 503, {"error": str(exc), "request_id": rid}
+        else:
+            answers = [self.predictor.describe(probs) for probs, _ in outputs]
+            for i, answer in enumerate(answers):
+                answer["request_id"] = f"{rid}-{i}" if many else rid
+                self.metrics.predictions.labels(answer["label"], version).inc()
+                self.metrics.confidence.labels(version).observe(answer["confidence"])
+            self._record(rid, uploads, prepared, outputs, answers)
+            if many:
+                body = {
+                    "request_id": rid,
+                    "model_version": version,
+                    "threshold": self.predictor.threshold,
+                    "predictions": answers,
+                }
+            else:
+                body = answers[0]
+        ctx.response.status_code = status
+        self.metrics.requests.labels(endpoint, str(status), version).inc()
+        self.metrics.latency.labels(endpoint, version).observe(time.perf_counter() - started)
+        return body
+
+    def _record(self, rid: str, uploads, prepared, outputs, answers) -> None:
+        """Hand the events to the monitor, the prediction log and the capture (all non-blocking)."""
+        if self.emitter is None and self.prediction_log is None and self.capture is None:
+            return
+        stamp = time.time()
+        now = datetime.fromtimestamp(stamp, UTC).isoformat()
+        variant = self.settings.variant
+        predictor = self.predictor
+
+        def build() -> list[dict[str, Any]]:
+            import numpy as np
+
+            from visionops.serving.predictor import Outputs
+
+            images = [image for image, _ in prepared]
+            probs = np.stack([np.asarray(p) for p, _ in outputs])
+            embs = [e for _, e in outputs]
+            emb = None if any(e is None for e in embs) else np.stack([np.asarray(e) for e in embs])
+            features = predictor.feature_rows(images, Outputs(probs, emb))
+            rows = []
+            for answer, feats in zip(answers, features, strict=True):
+                rows.append(
+                    {
+                        **feats,
+                        "type": "prediction",
+                        "request_id": answer["request_id"],
+                        "time": now,
+                        "timestamp": stamp,
+                        "model_version": answer["model_version"],
+                        "variant": variant,
+                        "prediction": answer["label"],
+                        "label": answer["label"],
+                        "confidence": answer["confidence"],
+                        "probability": answer["probability"],
+                        "probs": answer["probabilities"],
+                        "threshold": answer["threshold"],
+                    }
+                )
+            return rows
+
+        rows = LazyRows(build)
+        if self.emitter is not None:
+            self.emitter.emit(rows)
+        if self.prediction_log is not None:
+            self.prediction_log.append(rows)
+        if self.capture is not None:
+            for (image, _), upload, answer in zip(prepared, uploads, answers, strict=True):
+                if self.capture.sample():
+                    record = {**answer, "time": now, "variant": variant}
+                    self.capture.submit(upload.data, image, record)
+
+    @bentoml.api(route="/classify", input_spec=ClassifyInput)
+    async def classify(self, image: Any, ctx: bentoml.Context) -> dict[str, Any]:
+        """Classify one image: multipart field ``image`` (or a raw ``image/*`` body)."""
+        return await self._answer("classify", image, ctx, many=False)
+
+    @bentoml.api(route="/classify_batch", input_spec=BatchInput)
+    async def classify_batch(self, images: Any, ctx: bentoml.Context) -> dict[str, Any]:
+        """Classify several images (multipart, field ``images`` repeated) in one request."""
+        return await self._answer("classify_batch", images, ctx, many=True)
+
+    @bentoml.api(route="/feedback")
+    async def feedback(self, request_id: str, label: str, ctx: bentoml.Context) -> dict[str, Any]:
+        """Record the true label of an earlier answer (ground truth for live quality)."""
+        started = time.perf_counter()
+        version = self.predictor.version
+        if label not in self.predictor.classes:
+            status = 400
+            body: dict[str, Any] = {"error": f"unknown label {label!r}; valid: {self.predictor.classes}"}
+        elif not _FEEDBACK_ID.match(request_id):
+            status, body = 400, {"error": f"request_id {request_id!r} is not a request id from this service"}
+        else:
+            status = 200
+            common = {
+                "request_id": request_id,
+                "time": datetime.now(UTC).isoformat(),
+                "model_version": version,
+            }
+            forwarded = False
+            if self.emitter is not None:  # the sidecar's contract: {"request_id", "label"}
+                forwarded = self.emitter.feedback({**common, "label": label})
+            logged = False
+            if self.prediction_log is not None:  # log records with a "feedback" key are ground truth
+                record = {**common, "type": "feedback", "feedback": label, "variant": self.settings.variant}
+                logged = self.prediction_log.append(record)
+            body = {"request_id": request_id, "label": label, "forwarded": forwarded, "logged": logged}
+        ctx.response.status_code = status
+        self.metrics.requests.labels("feedback", str(status), version).inc()
+        self.metrics.latency.labels("feedback", version).observe(time.perf_counter() - started)
+        return body
+
+
+VisionOpsClassifier.add_asgi_middleware(BodyLimit)
