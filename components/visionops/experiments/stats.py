@@ -14,15 +14,10 @@ from scipy import stats
 
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for a proportion (``(0, 1)`` when n == 0)."""
-    if n <= 0:
-        return 0.0, 1.0
-    z = stats.norm.ppf(0.5 + confidence / 2)
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    """Wilson score interval for a proportion (``(0, 1)`` when n == 0): the evaluation's implementation."""
+    from visionops.evaluation.metrics import proportion_interval
+
+    return proportion_interval(successes, n, confidence=confidence, method="wilson")
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
@@ -51,7 +50,6 @@ BATCH_CSV = "batch.csv"
 REVIEWS_CSV = "reviews.csv"
 FEEDBACK_JSONL = "feedback.jsonl"
 BATCH_COLUMNS = ("path", "label", "group", "label_source", "request_id", "prelabel", "prelabel_model")
-_Z95 = 1.959963984540054
 _MAX_LISTED = 20
 _MAX_GALLERY = 24
 
@@ -89,15 +87,11 @@ class ImportResult:
 
 
 # -- statistics ------------------------------------------------------------------------------------------------
-def wilson_interval(successes: int, n: int, z: float = _Z95) -> tuple[float, float] | None:
-    """The Wilson score interval of a proportion (95% by default); None when ``n`` is 0."""
-    if n <= 0:
-        return None
-    p = successes / n
-    denom = 1 + z * z / n
-    center = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, center - half), min(1.0, center + half)
+def wilson_interval(successes: int, n: int) -> tuple[float, float] | None:
+    """The 95% Wilson score interval of a proportion (the evaluation's implementation); None when ``n`` is 0."""
+    from visionops.evaluation.metrics import proportion_interval
+
+    return proportion_interval(successes, n) if n > 0 else None
 
 
 def _proportion(k: int, n: int) -> dict[str, Any]:

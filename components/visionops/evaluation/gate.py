@@ -1,0 +1,312 @@
+"""The promotion gate: its policy, its rules, and the decision record.
+
+:func:`decide` is pure: it takes the challenger's (and optionally the champion's) evaluation summary and the
+policy, and returns the decision record. Every rule says its value, its limit, how they compare, and whether
+it passed; a rule whose limit is not set (``None``) or whose figure could not be measured is ``skipped`` and
+never decides. The verdict is ``blessed`` when no rule failed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from visionops.errors import ConfigError
+from visionops.evaluation.metrics import INTERVAL_METHODS
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    """What a model must show on the golden set to replace the champion.
+
+    Quality: precision of ``positive_class`` (None = the bundle's) must be proven >= ``target_precision``: the
+    lower bound of the two-sided ``confidence`` interval (``interval``: "wilson" or "clopper-pearson") on the
+    validation split, where the threshold is chosen; with ``require_golden_precision`` the golden (test)
+    precision at that threshold must also reach the target. Recall at that threshold may be at most
+    ``recall_tolerance`` below the champion's.
+
+    Budget (None = no limit): ``max_p95_latency_ms`` (batch 1, preprocessing + forward), ``max_model_mb`` (weights
+    on disk), ``max_memory_mb`` (peak during inference), ``min_throughput`` (images/s at the best batch size).
+    The defaults serve the example load (100,000 images a day, each answered within 5 s) with room to spare.
+
+    Behaviour (None = report only): minimum rates for invariance, directional and minimum-functionality tests.
+    Slices: ``max_flagged_slices`` (None = report only) of significantly worse slices (one-sided two-proportion
+    test at ``slice_alpha``, slices of at least ``slice_min_n`` images).
+    """
+
+    target_precision: float = 0.95
+    confidence: float = 0.95
+    interval: str = "wilson"
+    positive_class: str | None = None
+    require_golden_precision: bool = True
+    recall_tolerance: float = 0.01
+    max_p95_latency_ms: float | None = 1000.0
+    max_model_mb: float | None = 200.0
+    max_memory_mb: float | None = 2048.0
+    min_throughput: float | None = 5.0
+    min_invariance_rate: float | None = 0.9
+    min_directional_rate: float | None = 0.8
+    min_functionality_rate: float | None = 0.8
+    max_flagged_slices: int | None = None
+    slice_min_n: int = 20
+    slice_alpha: float = 0.05
+    behaviour_samples: int = 50
+    brightness_delta: float = 0.1
+    batch_size: int = 32
+    latency_runs: int = 50
+    throughput_batch_sizes: tuple[int, ...] = (1, 8, 32)
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("target_precision", "confidence"):
+            value = getattr(self, name)
+            if not 0.0 < value < 1.0:
+                problems.append(f"{name} must be in (0, 1), got {value}")
+        if self.interval not in INTERVAL_METHODS:
+            problems.append(f"interval {self.interval!r} unknown; valid: {', '.join(INTERVAL_METHODS)}")
+        if not 0.0 <= self.recall_tolerance <= 1.0:
+            problems.append(f"recall_tolerance must be in [0, 1], got {self.recall_tolerance}")
+        for name in ("max_p95_latency_ms", "max_model_mb", "max_memory_mb", "min_throughput"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                problems.append(f"{name} must be > 0 or None (no limit), got {value}")
+        for name in ("min_invariance_rate", "min_directional_rate", "min_functionality_rate"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                problems.append(f"{name} must be in [0, 1] or None (report only), got {value}")
+        if not 0.0 < self.slice_alpha < 1.0:
+            problems.append(f"slice_alpha must be in (0, 1), got {self.slice_alpha}")
+        for name in ("slice_min_n", "behaviour_samples", "batch_size", "latency_runs"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.throughput_batch_sizes or min(self.throughput_batch_sizes) < 1:
+            problems.append(
+                f"throughput_batch_sizes must be positive integers, got {self.throughput_batch_sizes}"
+            )
+        if problems:
+            raise ConfigError("bad gate policy: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["throughput_batch_sizes"] = list(self.throughput_batch_sizes)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GatePolicy:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown gate policy fields {sorted(unknown)}; valid: {sorted(known)}")
+        values = dict(data)
+        if "throughput_batch_sizes" in values:
+            values["throughput_batch_sizes"] = tuple(int(b) for b in values["throughput_batch_sizes"])
+        return cls(**values)
+
+
+def recall_at_target(summary: dict[str, Any]) -> float:
+    """Golden recall at the val-chosen threshold; 0 when the threshold does not meet the constraint (a model
+    that cannot keep the precision promise has no usable recall)."""
+    if not summary["threshold_choice"]["met"]:
+        return 0.0
+    return float(summary["test"]["positive"]["recall"] or 0.0)
+
+
+def _rule(
+    name: str, description: str, value: Any, limit: Any, op: str, *, detail: str = ""
+) -> dict[str, Any]:
+    if limit is None or value is None or (isinstance(value, float) and math.isnan(value)):
+        why = "no limit set" if limit is None else "not measured"
+        return {
+            "name": name,
+            "description": description,
+            "value": value,
+            "limit": limit,
+            "op": op,
+            "passed": None,
+            "status": "skipped",
+            "detail": f"{why}; {detail}" if detail else why,
+        }
+    passed = bool(value >= limit) if op == ">=" else bool(value <= limit)
+    return {
+        "name": name,
+        "description": description,
+        "value": value,
+        "limit": limit,
+        "op": op,
+        "passed": passed,
+        "status": "pass" if passed else "fail",
+        "detail": detail,
+    }
+
+
+def _rate(behaviour: dict[str, Any], name: str) -> float | None:
+    test = (behaviour or {}).get(name) or {}
+    return test.get("rate") if test.get("status") == "ran" else None
+
+
+def rules(
+    challenger: dict[str, Any], champion: dict[str, Any] | None, policy: GatePolicy
+) -> list[dict[str, Any]]:
+    """Every rule of the gate, evaluated on the challenger's summary (and the champion's)."""
+    choice = challenger["threshold_choice"]
+    golden = challenger["test"]["positive"]
+    ops = challenger.get("ops") or {}
+    out = [
+        _rule(
+            "precision_constraint",
+            f"validation precision lower bound ({policy.interval}, {policy.confidence:.0%}) >= target",
+            choice["best_lower_bound"] if not choice["met"] else choice["precision_lower"],
+            policy.target_precision,
+            ">=",
+            detail=choice["reason"],
+        ),
+    ]
+    if policy.require_golden_precision:
+        precision = golden.get("precision")
+        rule = _rule(
+            "golden_precision",
+            "golden-set precision at the chosen threshold >= target",
+            precision,
+            policy.target_precision,
+            ">=",
+            detail=f"{golden['tp']} true / {golden['fp']} false positives on the golden set",
+        )
+        if precision is None:  # nothing predicted positive: the promise cannot be checked on the golden set
+            rule.update(passed=False, status="fail", detail="no golden image is predicted positive")
+        out.append(rule)
+    if champion is None:
+        out.append(
+            _rule(
+                "recall_vs_champion",
+                "golden recall at target precision >= champion's - tolerance",
+                recall_at_target(challenger),
+                None,
+                ">=",
+                detail="no champion: first model",
+            )
+        )
+    else:
+        limit = recall_at_target(champion) - policy.recall_tolerance
+        out.append(
+            _rule(
+                "recall_vs_champion",
+                "golden recall at target precision >= champion's - tolerance",
+                recall_at_target(challenger),
+                round(limit, 10),
+                ">=",
+                detail=f"champion {champion.get('model_version')}: {recall_at_target(champion):.4f}, "
+                f"tolerance {policy.recall_tolerance}" + _unmet_note(challenger, champion),
+            )
+        )
+    latency = (ops.get("latency_ms") or {}).get("p95")
+    out += [
+        _rule(
+            "p95_latency_ms",
+            "p95 latency at batch 1 (preprocess + forward) <= budget",
+            latency,
+            policy.max_p95_latency_ms,
+            "<=",
+            detail=f"device {ops.get('device', '?')}",
+        ),
+        _rule(
+            "model_size_mb",
+            "model size on disk <= budget",
+            ops.get("model_size_mb"),
+            policy.max_model_mb,
+            "<=",
+        ),
+        _rule(
+            "peak_memory_mb",
+            "peak memory during inference <= budget",
+            ops.get("peak_memory_mb"),
+            policy.max_memory_mb,
+            "<=",
+            detail=ops.get("memory_method", ""),
+        ),
+        _rule(
+            "throughput",
+            "throughput at the best batch size (images/s) >= floor",
+            ops.get("throughput_images_per_s"),
+            policy.min_throughput,
+            ">=",
+            detail=f"batch size {ops.get('best_batch_size')}",
+        ),
+    ]
+    behaviour = challenger.get("behaviour") or {}
+    for name, limit, text in (
+        ("invariance", policy.min_invariance_rate, "answers unchanged by a small brightness change (rate)"),
+        ("directional", policy.min_directional_rate, "same face: P(positive) higher with glasses (rate)"),
+        ("minimum_functionality", policy.min_functionality_rate, "easy cases answered correctly (rate)"),
+    ):
+        detail = (behaviour.get(name) or {}).get("detail", "")
+        out.append(_rule(f"behaviour_{name}", text, _rate(behaviour, name), limit, ">=", detail=detail))
+    flagged = (challenger.get("slices") or {}).get("flagged")
+    out.append(
+        _rule(
+            "flagged_slices",
+            "slices significantly worse than the rest <= maximum",
+            None if flagged is None else len(flagged),
+            policy.max_flagged_slices,
+            "<=",
+            detail=", ".join(f"{f['column']}={f['value']}" for f in flagged or []),
+        )
+    )
+    return out
+
+
+def decide(
+    challenger: dict[str, Any], champion: dict[str, Any] | None, policy: GatePolicy, *, golden_version: str
+) -> dict[str, Any]:
+    """The decision record: each rule with value, limit and pass/fail, and the verdict with its reasons."""
+    checked = rules(challenger, champion, policy)
+    failed = [r for r in checked if r["status"] == "fail"]
+    blessed = not failed
+    if failed:
+        reasons = [
+            f"{r['name']}: {_show(r['value'])} {'<' if r['op'] == '>=' else '>'} limit {_show(r['limit'])}"
+            + (f" ({r['detail']})" if r["detail"] else "")
+            for r in failed
+        ]
+    else:
+        passed = [r["name"] for r in checked if r["status"] == "pass"]
+        reasons = [f"all {len(passed)} applied rules passed: {', '.join(passed)}"]
+        if champion is None:
+            reasons.append("no champion: the absolute rules decided (first model)")
+    return {
+        "blessed": blessed,
+        "verdict": "blessed" if blessed else "refused",
+        "reasons": reasons,
+        "golden_version": golden_version,
+        "challenger": _identity(challenger),
+        "champion": _identity(champion) if champion else None,
+        "rules": checked,
+        "policy": policy.to_dict(),
+        "decided_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _unmet_note(challenger: dict[str, Any], champion: dict[str, Any]) -> str:
+    unmet = [
+        name
+        for name, s in (("challenger", challenger), ("champion", champion))
+        if not s["threshold_choice"]["met"]
+    ]
+    return f"; {' and '.join(unmet)} missed the precision constraint: recall counts as 0" if unmet else ""
+
+
+def _show(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _identity(summary: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "uri": summary.get("uri"),
+        "model_version": summary.get("model_version"),
+        "threshold": summary["threshold_choice"]["threshold"],
+        "constraint_met": summary["threshold_choice"]["met"],
+        "recall_at_target_precision": recall_at_target(summary),
+        "golden_precision": summary["test"]["positive"].get("precision"),
+        "source": summary.get("source", "evaluated now"),
+    }

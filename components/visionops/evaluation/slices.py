@@ -1,0 +1,90 @@
+"""Per-slice metrics: one row per value of each metadata column, flagging slices significantly worse.
+
+A slice is compared with the rest of the golden set (its complement, so the slice does not pull the reference
+towards itself) by a one-sided two-proportion z-test on accuracy, on recall of the positive class and on its
+precision (the safety figure). A slice is flagged when any test gives p < ``alpha`` and the slice has at least
+``min_n`` images (``min_n`` relevant ones for recall/precision): small slices are reported, never flagged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from visionops.evaluation.metrics import proportion_interval, two_proportion_pvalue
+
+#: columns with more distinct values than this are identifiers, not slices
+MAX_SLICE_VALUES = 30
+
+
+def _counts(correct: np.ndarray, is_pos: np.ndarray, pred_pos: np.ndarray) -> dict[str, tuple[int, int]]:
+    return {
+        "accuracy": (int(correct.sum()), len(correct)),
+        "recall": (int((pred_pos & is_pos).sum()), int(is_pos.sum())),
+        "precision": (int((pred_pos & is_pos).sum()), int(pred_pos.sum())),
+    }
+
+
+def slice_metrics(
+    frame,
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    positive_index: int,
+    columns: list[str],
+    *,
+    min_n: int = 20,
+    alpha: float = 0.05,
+    confidence: float = 0.95,
+    method: str = "wilson",
+) -> dict[str, Any]:
+    """Rows (column, value, n, accuracy, recall, precision with intervals, p-values, flagged) and the flagged list."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    correct = y_true == y_pred
+    is_pos = y_true == positive_index
+    pred_pos = y_pred == positive_index
+    rows, skipped = [], []
+    for column in columns:
+        values = frame[column].astype(str).to_numpy()
+        distinct = sorted(set(values))
+        if len(distinct) > MAX_SLICE_VALUES or len(distinct) < 2:
+            skipped.append({"column": column, "distinct_values": len(distinct)})
+            continue
+        for value in distinct:
+            mask = values == value
+            inside = _counts(correct[mask], is_pos[mask], pred_pos[mask])
+            outside = _counts(correct[~mask], is_pos[~mask], pred_pos[~mask])
+            row: dict[str, Any] = {
+                "column": column,
+                "value": value,
+                "n": int(mask.sum()),
+                "n_positive": inside["recall"][1],
+            }
+            worse = []
+            for metric, (k, n) in inside.items():
+                ko, no = outside[metric]
+                row[metric] = k / n if n else None
+                row[f"{metric}_interval"] = list(
+                    proportion_interval(k, n, confidence=confidence, method=method)
+                )
+                row[f"{metric}_rest"] = ko / no if no else None
+                p = two_proportion_pvalue(k, n, ko, no)
+                row[f"{metric}_pvalue"] = p
+                if n >= min_n and p < alpha:
+                    worse.append(metric)
+            row["worse_in"] = worse
+            row["flagged"] = bool(worse)
+            rows.append(row)
+    flagged = [
+        {"column": r["column"], "value": r["value"], "n": r["n"], "worse_in": r["worse_in"]}
+        for r in rows
+        if r["flagged"]
+    ]
+    return {
+        "rows": rows,
+        "flagged": flagged,
+        "skipped_columns": skipped,
+        "min_n": min_n,
+        "alpha": alpha,
+        "test": "one-sided two-proportion z-test, slice vs the rest of the golden set",
+    }
