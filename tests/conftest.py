@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+# torch's spinning OpenMP threads make CPU work several times slower on a busy 2-core machine
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 ROOT = Path(__file__).resolve().parents[1]
 FACES = Path(os.environ.get("VISIONOPS_FACES_DIR", ROOT.parent / "shared" / "data" / "faces-glasses"))
 REQUIRE_SYSTEM_DEPS = os.environ.get("VISIONOPS_REQUIRE_SYSTEM_DEPS") == "1"
