@@ -1,0 +1,165 @@
+"""The retraining trigger: ONE code path for the sidecar's own conditions and Alertmanager's webhook.
+
+Sources (``"drift"``, ``"live_precision"``, ``"alert:<name>"``) *raise* and *clear* conditions. An episode
+starts when the first condition is raised while none is active and ends when every condition has cleared.
+The first raise of an episode starts one KFP run (unless inside the cooldown after the previous run, or in
+dry-run mode); later raises in the same episode start nothing. ``alert`` (the ``visionops_retrain_alert``
+gauge) is 1 while any condition is active, whatever the outcome, so Alertmanager sees it either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from visionops.errors import ConfigError, VisionOpsError
+
+log = logging.getLogger(__name__)
+
+OUTCOMES = ("created", "dry_run", "cooldown", "suppressed", "failed", "not_configured")
+
+
+@dataclass(frozen=True)
+class TriggerSettings:
+    """Where and how a retraining run is started."""
+
+    kfp_host: str = ""
+    pipeline: str = "visionops-training"
+    experiment: str = "visionops-retraining"
+    #: run parameters on top of the warm start ones (e.g. {"data_uri": "s3://..."})
+    params: dict[str, Any] = field(default_factory=dict)
+    cooldown_s: float = 3600.0
+    dry_run: bool = False
+    token: str | None = None
+    token_path: str | None = None
+    namespace: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.cooldown_s < 0:
+            raise ConfigError(f"cooldown must be >= 0 seconds, got {self.cooldown_s}")
+
+
+def warm_start_params(model_uri: str) -> dict[str, Any]:
+    """Parameters of the training pipeline that fine-tune the current model (the champion)."""
+    return {"champion_uri": model_uri, "warm_start": True}
+
+
+class RetrainTrigger:
+    """Starts at most one training run per episode; thread-safe."""
+
+    def __init__(
+        self,
+        settings: TriggerSettings,
+        *,
+        model_uri: str,
+        model_version: str = "",
+        on_outcome: Callable[[str], None] | None = None,
+        create_run: Callable[..., str] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.model_uri = model_uri
+        self.model_version = model_version
+        self._on_outcome = on_outcome or (lambda outcome: None)
+        self._create_run = create_run
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._active: dict[str, str] = {}  # source -> reason
+        self._last_run_at: float | None = None
+        self.events: deque[dict] = deque(maxlen=100)
+
+    @property
+    def alert(self) -> int:
+        return 1 if self._active else 0
+
+    @property
+    def active_sources(self) -> list[str]:
+        return sorted(self._active)
+
+    def raise_(self, source: str, reason: str) -> dict:
+        """A condition holds (drift for M windows, precision below target, an alert firing)."""
+        with self._lock:
+            if source in self._active:
+                return self._record(source, "suppressed", reason, why="this condition already fired")
+            episode_running = bool(self._active)
+            self._active[source] = reason
+            if episode_running:
+                return self._record(source, "suppressed", reason, why="an episode is already active")
+            now = self._clock()
+            if self._last_run_at is not None and now - self._last_run_at < self.settings.cooldown_s:
+                left = self.settings.cooldown_s - (now - self._last_run_at)
+                return self._record(source, "cooldown", reason, why=f"cooldown: {left:.0f}s left")
+            return self._start_run(source, reason, now)
+
+    def clear(self, source: str) -> None:
+        """The condition no longer holds; the episode ends when none does."""
+        with self._lock:
+            if self._active.pop(source, None) is not None:
+                self.events.append({"time": self._clock(), "source": source, "outcome": "cleared"})
+
+    def _start_run(self, source: str, reason: str, now: float) -> dict:
+        s = self.settings
+        params = {**warm_start_params(self.model_uri), **s.params}
+        run_name = f"retrain-{self.model_version or 'model'}-{source.replace(':', '-')}-{int(now)}"
+        if s.dry_run:
+            self._last_run_at = now
+            return self._record(source, "dry_run", reason, params=params, run_name=run_name)
+        if not s.kfp_host:
+            return self._record(source, "not_configured", reason, why="no KFP host configured", params=params)
+        create = self._create_run
+        if create is None:
+            from visionops.kfp_client import create_run as create
+        try:
+            run_id = create(
+                s.kfp_host,
+                pipeline_name=s.pipeline,
+                params=params,
+                experiment=s.experiment,
+                run_name=run_name,
+                token=s.token,
+                token_path=s.token_path,
+                namespace=s.namespace,
+            )
+        except VisionOpsError as exc:
+            # Not counted as this episode's run: the next raise (next window, next alert repeat) retries.
+            self._active.pop(source, None)
+            log.error("retraining trigger failed: %s", exc)
+            return self._record(source, "failed", reason, why=str(exc))
+        self._last_run_at = now
+        return self._record(source, "created", reason, run_id=run_id, params=params, run_name=run_name)
+
+    def _record(self, source: str, outcome: str, reason: str, **extra: Any) -> dict:
+        event = {"time": self._clock(), "source": source, "reason": reason, "outcome": outcome, **extra}
+        self.events.append(event)
+        self._on_outcome(outcome)
+        if outcome in ("created", "dry_run", "failed", "cooldown", "not_configured"):
+            log.warning("retraining trigger (%s): %s -- %s", source, outcome, reason)
+        return event
+
+    def handle_alertmanager(self, payload: dict) -> list[dict]:
+        """An Alertmanager webhook payload: firing alerts raise ``alert:<alertname>``, resolved ones clear it."""
+        if not isinstance(payload, dict) or not isinstance(payload.get("alerts"), list):
+            raise ConfigError(
+                "not an Alertmanager webhook payload: expected a JSON object with an 'alerts' list"
+            )
+        results = []
+        for alert in payload["alerts"]:
+            if not isinstance(alert, dict):
+                raise ConfigError("each alert in the Alertmanager payload must be a JSON object")
+            labels = alert.get("labels") or {}
+            name = str(labels.get("alertname", "unnamed"))
+            status = alert.get("status") or payload.get("status")
+            if status == "firing":
+                summary = (alert.get("annotations") or {}).get("summary") or name
+                results.append(self.raise_(f"alert:{name}", str(summary)))
+            elif status == "resolved":
+                self.clear(f"alert:{name}")
+                results.append({"source": f"alert:{name}", "outcome": "cleared"})
+            else:
+                raise ConfigError(f"alert {name!r} has status {status!r}; expected 'firing' or 'resolved'")
+        return results

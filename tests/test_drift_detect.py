@@ -1,0 +1,152 @@
+"""Drift computation (Evidently), the bounded window, live quality and the settings: small in-memory frames."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from visionops.drift.detect import DriftPolicy, compute_drift, monitored_columns, public, render_html, verdict
+from visionops.drift.quality import LiveQuality
+from visionops.drift.sidecar import MonitorSettings
+from visionops.drift.window import FeatureWindow
+from visionops.errors import ConfigError
+
+from tests.test_drift_support import draw_rows, numeric_reference
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return numeric_reference(1500, seed=0)
+
+
+def window(seed: int, n: int = 1000, **shift) -> pd.DataFrame:
+    return pd.DataFrame(draw_rows(np.random.default_rng(seed), n, **shift))
+
+
+def test_unshifted_windows_do_not_drift(reference):
+    for seed in range(1, 4):
+        result = compute_drift(reference, window(seed))
+        assert not result["dataset_drift"], result["drifted_features"]
+        assert result["features"]["brightness"]["method"] == "wasserstein"
+        assert result["features"]["predicted_class"]["method"] == "jensenshannon"
+
+
+def test_darker_window_drifts(reference):
+    result = compute_drift(reference, window(5, brightness=0.25))
+    assert result["dataset_drift"]
+    assert {"brightness", "mean_r", "mean_g", "mean_b"} <= set(result["drifted_features"])
+    # 4 of 17 columns (< drift_share 0.3), but brightness moved by 2.5 reference standard deviations: severe
+    assert not result["data_drift"] and "brightness" in result["severe_features"]
+    mild = compute_drift(reference, window(5, brightness=0.45))  # half a standard deviation: not severe
+    assert mild["severe_features"] == []
+    assert result["share"] == pytest.approx(result["drifted_count"] / len(result["features"]))
+
+
+def test_class_prior_shift_is_prediction_drift(reference):
+    result = compute_drift(reference, window(6, glasses_share=0.9))
+    assert result["prediction_drift"] and result["dataset_drift"]
+    assert result["class_shares"]["glasses"] == pytest.approx(0.9, abs=0.04)
+    assert result["features"]["predicted_class"]["score"] > 0.1
+
+
+def test_constant_reference_column(reference):
+    current = window(7)
+    current.loc[: len(current) // 2, "is_greyscale"] = 1.0  # half the window greyscale; reference has none
+    result = compute_drift(reference, current)
+    feature = result["features"]["is_greyscale"]
+    assert (
+        feature["method"] == "constant"
+        and feature["drifted"]
+        and feature["score"] == pytest.approx(0.5, abs=0.01)
+    )
+    few = window(8)
+    few.loc[:4, "is_greyscale"] = 1.0  # 5 greyscale rows in 1000: not drift
+    assert not compute_drift(reference, few)["features"]["is_greyscale"]["drifted"]
+
+
+def test_policy_pins_method_and_checks_input(reference):
+    ks = compute_drift(reference, window(9), DriftPolicy(num_method="ks", num_threshold=0.05))
+    assert ks["features"]["contrast"]["method"] == "ks"
+    assert 0.0 <= ks["features"]["contrast"]["score"] <= 1.0  # a p-value
+    assert ks["features"]["contrast"]["drifted"] == (ks["features"]["contrast"]["score"] < 0.05)
+    with pytest.raises(ConfigError, match="num_method 'nope' unknown"):
+        DriftPolicy(num_method="nope")
+    with pytest.raises(ConfigError, match="lacks columns"):
+        compute_drift(reference, window(1).drop(columns=["brightness"]))
+    with pytest.raises(ConfigError, match="at least 50 rows"):
+        compute_drift(reference, window(1, n=10))
+    excluded = monitored_columns(reference.columns, DriftPolicy(exclude=("width", "height")))
+    assert "width" not in excluded and "brightness" in excluded
+
+
+def test_verdict_rule():
+    policy = DriftPolicy(drift_share=0.5)
+    feats = {name: {"drifted": d} for name, d in [("a", True), ("b", False), ("predicted_class", False)]}
+    assert not verdict(feats, policy)["dataset_drift"]
+    feats["b"]["drifted"] = True
+    assert verdict(feats, policy)["data_drift"]
+    only_pred = {"a": {"drifted": False}, "b": {"drifted": False}, "predicted_class": {"drifted": True}}
+    out = verdict(only_pred, policy)
+    assert out["prediction_drift"] and out["dataset_drift"] and not out["data_drift"]
+
+
+def test_report_is_self_contained(reference):
+    result = compute_drift(reference, window(10, n=300, brightness=0.3), keep_frames=True)
+    result["model_version"] = "m-test"
+    html = render_html(result)
+    assert "DRIFT" in html and "m-test" in html and "brightness" in html
+    external = re.findall(
+        r"""<(?:script|link|img|iframe)[^>]+(?:src|href)\s*=\s*["']?(?:https?:)?//""", html, re.I
+    )
+    assert external == []
+    assert "_frames" not in public(result)
+
+
+def test_window_is_bounded_and_ordered():
+    cols = {"x": "num", "predicted_class": "cat"}
+    w = FeatureWindow(cols, capacity=5)
+    w.append([{"x": float(i), "predicted_class": f"c{i}"} for i in range(12)])
+    frame = w.snapshot()
+    assert list(frame["x"]) == [7.0, 8.0, 9.0, 10.0, 11.0] and list(frame["predicted_class"])[-1] == "c11"
+    assert len(w) == 5 and w.total == 12
+    aged = FeatureWindow(cols, capacity=10, max_age_s=60)
+    aged.append(
+        [{"x": 1.0, "predicted_class": "a", "timestamp": 1000.0}, {"x": 2.0, "predicted_class": "b"}],
+        now=1100.0,
+    )
+    assert list(aged.snapshot(now=1100.0)["x"]) == [2.0]  # the row with timestamp 1000 is too old
+    with pytest.raises(ConfigError):
+        FeatureWindow(cols, capacity=0)
+
+
+def test_live_quality_exact():
+    q = LiveQuality("glasses", window=4, max_pending=3, min_labels=2, target_precision=0.9)
+    for rid, pred in [("a", "glasses"), ("b", "glasses"), ("c", "no_glasses"), ("d", "glasses")]:
+        q.record_prediction(rid, pred)
+    assert not q.add_label("a", "glasses")  # forgotten: only 3 pending predictions are kept
+    assert q.add_label("b", "glasses") and q.add_label("c", "glasses") and q.add_label("d", "no_glasses")
+    s = q.summary()
+    assert s["precision"] == pytest.approx(0.5) and s["recall"] == pytest.approx(0.5)
+    assert s["labels"] == 3 and s["below_target"] and s["unknown_labels"] == 1
+
+
+def test_settings_from_env():
+    env = {
+        "VISIONOPS_MODEL_URI": "s3://m/1",
+        "VISIONOPS_WINDOW_SIZE": "500",
+        "VISIONOPS_DRIFT_SHARE": "0.3",
+        "VISIONOPS_TRIGGER_DRY_RUN": "true",
+        "VISIONOPS_KFP_PARAMS": '{"data_uri": "s3://d"}',
+        "VISIONOPS_TRIGGER_COOLDOWN_S": "60",
+        "VISIONOPS_MONITOR_PORT": "9000",
+    }
+    s = MonitorSettings.from_env(env, window_size=700)
+    assert s.model_uri == "s3://m/1" and s.window_size == 700 and s.drift_share == 0.3 and s.trigger_dry_run
+    assert s.kfp_params == {"data_uri": "s3://d"} and s.trigger_cooldown_s == 60.0 and s.port == 9000
+    assert s.every_rows == 700
+    with pytest.raises(ConfigError, match="VISIONOPS_WINDOW_SIZE='x'"):
+        MonitorSettings.from_env({"VISIONOPS_WINDOW_SIZE": "x"})
+    with pytest.raises(ConfigError, match="window size"):
+        MonitorSettings(window_size=1)
