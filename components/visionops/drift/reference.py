@@ -67,7 +67,7 @@ def fit_projection(embeddings, k: int = DEFAULT_COMPONENTS) -> tuple[Any, Any]:
     return np.ascontiguousarray(mean.astype(np.float32)), components
 
 
-def compute_reference(bundle, uris: list[str], *, k: int = DEFAULT_COMPONENTS):
+def compute_reference(bundle, uris: list[str], *, k: int = DEFAULT_COMPONENTS, progress: bool = True):
     """Feature rows (DataFrame) of the images at ``uris`` and the projection fitted on their embeddings.
 
     Only one batch of images is in memory at a time; the embedding columns are added once the projection
@@ -84,7 +84,13 @@ def compute_reference(bundle, uris: list[str], *, k: int = DEFAULT_COMPONENTS):
     saved = bundle.__dict__.get("_drift_projection", False)
     bundle.__dict__["_drift_projection"] = None  # no projection yet: feature_rows leaves out emb_*
     try:
-        for start in tqdm(range(0, len(uris), BATCH), desc="reference features", unit="batch", leave=False):
+        for start in tqdm(
+            range(0, len(uris), BATCH),
+            desc="reference features",
+            unit="batch",
+            leave=False,
+            disable=not progress,
+        ):
             images = _load_images(uris[start : start + BATCH])
             probs, emb = model_outputs(bundle, bundle.to_tensor(images))
             rows.extend(feature_rows(bundle, images, probs=probs))
@@ -114,6 +120,7 @@ def attach_reference(
     max_rows: int = 2000,
     components: int = DEFAULT_COMPONENTS,
     seed: int = 0,
+    progress: bool = True,
 ) -> dict:
     """Compute the reference profile of ``split`` of a dataset with the bundle's model and store it in the
     bundle's drift slot. Returns the ``drift`` entry written to ``bundle.json``.
@@ -143,7 +150,7 @@ def attach_reference(
     log.info(
         "drift reference: %d %s images of %s with model %s", len(uris), split, dataset_uri, bundle.version
     )
-    ref, mean, comps = compute_reference(bundle, uris, k=components)
+    ref, mean, comps = compute_reference(bundle, uris, k=components, progress=progress)
     buf = io.BytesIO()
     ref.to_parquet(buf, index=False)
     _write(bundle_uri, PROJECTION_FILE, save_safetensors({"mean": mean, "components": comps}))

@@ -80,6 +80,9 @@ class TrainConfig:
     )
     resume: bool = _opt(False, "Continue from the last checkpoint in the checkpoint directory.")
     progress: bool = _opt(True, "Show a tqdm progress bar per epoch.")
+    drift_reference: bool = _opt(
+        True, "Store the drift reference profile (val-split features, embedding projection) in the bundle."
+    )
 
     def __post_init__(self) -> None:
         from visionops.models import get_entry

@@ -674,11 +674,19 @@ def train(
 
     Launched by ``torchrun`` (``WORLD_SIZE`` > 1) it trains with DDP; only rank 0 writes. Checkpoints go to
     ``config.checkpoint_dir`` (default ``OUTPUT.checkpoints``); ``config.resume`` continues from the last one.
-    ``on_epoch_end`` receives each epoch's record (e.g. to log metrics elsewhere). Returns the bundle URI.
+    ``on_epoch_end`` receives each epoch's record (e.g. to log metrics elsewhere). With
+    ``config.drift_reference`` the bundle also gets its drift reference profile (``visionops.drift``).
+    Returns the bundle URI.
     """
     config = config or TrainConfig()
     runtime = distributed.setup(config.device)
     try:
-        return Trainer(dataset_uri, output_uri, config, runtime, on_epoch_end).run()
+        uri = Trainer(dataset_uri, output_uri, config, runtime, on_epoch_end).run()
+        if config.drift_reference and runtime.is_main:
+            # the monitor compares live traffic with this profile; every trained model carries one
+            from visionops.drift.reference import attach_reference
+
+            attach_reference(uri, dataset_uri, progress=config.progress)
+        return uri
     finally:
         distributed.teardown(runtime)
