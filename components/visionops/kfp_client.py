@@ -79,7 +79,17 @@ def create_run(
     namespace: str | None = None,
 ) -> str:
     """Start a run of the latest version of the pipeline named ``pipeline_name`` in ``experiment`` (created
-    when missing). Returns the run id."""
+    when missing). Returns the run id.
+
+    A host ``local://DIR`` runs the pipeline on this machine instead (``visionops pipeline run --local`` in a
+    background process, outputs under DIR): the laptop's stand-in for a cluster, with the same call.
+    """
+    if host.startswith("local://"):
+        from visionops.demo.launcher import launch_local_run, runs_dir_of
+
+        return launch_local_run(
+            runs_dir_of(host), pipeline_name=pipeline_name, params=params, experiment=experiment, run_name=run_name
+        )
     client = connect(host, token=token, token_path=token_path, namespace=namespace)
     try:
         pipeline_id = client.get_pipeline_id(pipeline_name)
