@@ -63,9 +63,8 @@ for _name, _head in [
     register(_name, head=_head)(lambda n, _arch=_name: _torchvision(_arch, n))
 
 
-@register("tiny_cnn", head="head", preprocess=PreprocessSpec(image_size=64, resize_size=72))
-def tiny_cnn(num_classes: int):
-    """A small CNN (about 100k parameters) for fast tests and 2-core CPU demos."""
+def _conv_stack():
+    """Four (conv-BN-ReLU x2, max-pool) blocks, 3 -> 96 channels, 1/16 resolution: the small CNNs' trunk."""
     from torch import nn
 
     def block(cin: int, cout: int) -> nn.Sequential:
@@ -79,10 +78,18 @@ def tiny_cnn(num_classes: int):
             nn.MaxPool2d(2),
         )
 
+    return nn.Sequential(block(3, 16), block(16, 32), block(32, 64), block(64, 96))
+
+
+@register("tiny_cnn", head="head", preprocess=PreprocessSpec(image_size=64, resize_size=72))
+def tiny_cnn(num_classes: int):
+    """A small CNN (about 100k parameters) for fast tests and 2-core CPU demos."""
+    from torch import nn
+
     class TinyCNN(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.features = nn.Sequential(block(3, 16), block(16, 32), block(32, 64), block(64, 96))
+            self.features = _conv_stack()
             self.pool = nn.AdaptiveAvgPool2d(1)
             self.dropout = nn.Dropout(0.2)
             self.head = nn.Linear(96, num_classes)
@@ -167,21 +174,10 @@ def small_cnn(num_classes: int):
     """
     from torch import nn
 
-    def block(cin: int, cout: int) -> nn.Sequential:
-        return nn.Sequential(
-            nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-            nn.BatchNorm2d(cout),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(cout, cout, 3, padding=1, bias=False),
-            nn.BatchNorm2d(cout),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
-        )
-
     class SmallCNN(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.features = nn.Sequential(block(3, 16), block(16, 32), block(32, 64), block(64, 96))
+            self.features = _conv_stack()
             self.pool = nn.AdaptiveAvgPool2d(4)
             self.neck = nn.Sequential(
                 nn.Flatten(), nn.Dropout(0.3), nn.Linear(96 * 16, 128), nn.ReLU(inplace=True), nn.Dropout(0.3)
