@@ -58,6 +58,7 @@ CRD_SCHEMAS = {
     ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule-monitoring-v1.json",
     ("gateway.networking.k8s.io/v1", "HTTPRoute"): "httproute-gateway-v1.json",
     ("flagger.app/v1beta1", "Canary"): "canary-flagger-v1beta1.json",
+    ("monitoring.coreos.com/v1alpha1", "AlertmanagerConfig"): "alertmanagerconfig-monitoring-v1alpha1.json",
 }
 SERVING, MONITOR = "serving", "drift-monitor"
 
@@ -412,7 +413,7 @@ def test_namespace_enforces_restricted_pod_security():
     assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
 
 
-def test_networkpolicy_admits_the_api_and_only_prometheus_to_the_sidecar():
+def test_networkpolicy_admits_the_api_and_only_prometheus_and_alertmanager_to_the_sidecar():
     policy = one("base", "NetworkPolicy", "visionops-serving")
     dep = one("base", "Deployment", "visionops-serving")
     assert selects(
@@ -424,6 +425,10 @@ def test_networkpolicy_admits_the_api_and_only_prometheus_to_the_sidecar():
     assert "from" not in rules["http"]  # the API is open to callers of the Service
     sources = rules["monitor"]["from"]
     assert sources and all("podSelector" in s and "namespaceSelector" in s for s in sources)
+    assert {s["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for s in sources} == {
+        "prometheus",
+        "alertmanager",
+    }
     # the named ports exist on the pods the policy selects
     ports = {p["name"] for c in containers(dep).values() for p in c["ports"]}
     assert set(rules) <= ports
@@ -897,15 +902,23 @@ def test_experiment_services_are_locked_down_and_wired_to_real_paths():
         assert {"cpu", "memory"} <= set(container["resources"]["limits"])
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
             path = container[probe]["httpGet"]["path"]
-            assert f'"{path}"' in code, f"{dep['metadata']['name']} probes {path}, which the code does not serve"
+            assert f'"{path}"' in code, (
+                f"{dep['metadata']['name']} probes {path}, which the code does not serve"
+            )
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
         assert str(ports["http"]) in container["args"]
     # the Flagger Canary calls the webhook Service on the path the webhook serves
     canary = one("experiments", "Canary", "visionops-serving")
     (hook,) = canary["spec"]["analysis"]["webhooks"]
     service = one("experiments", "Service", "visionops-canary-webhook")
-    assert hook["url"] == f"http://visionops-canary-webhook.visionops:{service['spec']['ports'][0]['port']}/canary/check"
-    assert canary["spec"]["targetRef"]["name"] == one("base", "Deployment", "visionops-serving")["metadata"]["name"]
+    assert (
+        hook["url"]
+        == f"http://visionops-canary-webhook.visionops:{service['spec']['ports'][0]['port']}/canary/check"
+    )
+    assert (
+        canary["spec"]["targetRef"]["name"]
+        == one("base", "Deployment", "visionops-serving")["metadata"]["name"]
+    )
     # the router's CLI arguments parse with the code's own parsers
     from visionops.experiments.assign import parse_weights
     from visionops.experiments.router import parse_variants

@@ -88,7 +88,11 @@ def create_run(
         from visionops.demo.launcher import launch_local_run, runs_dir_of
 
         return launch_local_run(
-            runs_dir_of(host), pipeline_name=pipeline_name, params=params, experiment=experiment, run_name=run_name
+            runs_dir_of(host),
+            pipeline_name=pipeline_name,
+            params=params,
+            experiment=experiment,
+            run_name=run_name,
         )
     client = connect(host, token=token, token_path=token_path, namespace=namespace)
     try:

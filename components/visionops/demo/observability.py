@@ -50,6 +50,21 @@ def rules_from_manifest(path: str | Path) -> dict[str, Any]:
     return {"groups": groups}
 
 
+def shorten_for(rules: dict[str, Any], max_for: str = "5s") -> dict[str, Any]:
+    """A copy of ``rules`` whose ``for:`` durations are at most ``max_for`` (for a demo that cannot wait 30 min).
+
+    The expressions, labels and annotations stay exactly those of the manifest.
+    """
+    import copy
+
+    out = copy.deepcopy(rules)
+    for group in out["groups"]:
+        for rule in group["rules"]:
+            if "alert" in rule and rule.get("for"):
+                rule["for"] = max_for
+    return out
+
+
 def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -107,6 +122,7 @@ class Prometheus(_Process):
         rules: dict | None = None,
         alertmanager: str | None = None,
         interval: str = "1s",
+        labels: dict[str, str] | None = None,
         binary: str | None = None,
     ) -> None:
         super().__init__()
@@ -116,7 +132,11 @@ class Prometheus(_Process):
         config: dict[str, Any] = {
             "global": {"scrape_interval": interval, "evaluation_interval": interval},
             "scrape_configs": [
-                {"job_name": job, "static_configs": [{"targets": [target]}], "metrics_path": "/metrics"}
+                {
+                    "job_name": job,
+                    "static_configs": [{"targets": [target], **({"labels": labels} if labels else {})}],
+                    "metrics_path": "/metrics",
+                }
                 for job, target in targets.items()
             ],
         }
@@ -160,7 +180,11 @@ class Prometheus(_Process):
 
 
 class Alertmanager(_Process):
-    """``alertmanager`` routing every alert to one webhook receiver (our retraining trigger)."""
+    """``alertmanager`` routing alerts to one webhook receiver (our retraining trigger).
+
+    With ``alertnames`` only those alerts reach the webhook (the others go to a receiver that does nothing),
+    as the AlertmanagerConfig in manifests/observability routes them on a cluster.
+    """
 
     def __init__(
         self,
@@ -168,6 +192,7 @@ class Alertmanager(_Process):
         *,
         group_wait: str = "1s",
         repeat_interval: str = "1h",
+        alertnames: tuple[str, ...] | None = None,
         binary: str | None = None,
     ) -> None:
         super().__init__()
@@ -175,21 +200,24 @@ class Alertmanager(_Process):
         if self.binary is None:
             raise FileNotFoundError("alertmanager is not installed (apt-get install prometheus-alertmanager)")
         self.cluster_port = free_port()
-        config = {
-            "route": {
-                "receiver": "visionops-retrain",
-                "group_by": ["alertname"],
-                "group_wait": group_wait,
-                "group_interval": "1s",
-                "repeat_interval": repeat_interval,
-            },
-            "receivers": [
-                {
-                    "name": "visionops-retrain",
-                    "webhook_configs": [{"url": webhook_url, "send_resolved": True}],
-                }
-            ],
+        webhook = {
+            "name": "visionops-retrain",
+            "webhook_configs": [{"url": webhook_url, "send_resolved": True}],
         }
+        route: dict[str, Any] = {
+            "receiver": "visionops-retrain",
+            "group_by": ["alertname"],
+            "group_wait": group_wait,
+            "group_interval": "1s",
+            "repeat_interval": repeat_interval,
+        }
+        receivers = [webhook]
+        if alertnames:
+            pattern = "|".join(alertnames)
+            route["receiver"] = "ignore"
+            route["routes"] = [{"receiver": "visionops-retrain", "matchers": [f'alertname=~"{pattern}"']}]
+            receivers.append({"name": "ignore"})
+        config = {"route": route, "receivers": receivers}
         (self.dir / "alertmanager.yml").write_text(yaml.safe_dump(config))
 
     def start(self) -> Alertmanager:

@@ -1,0 +1,5 @@
+"""``python -m visionops`` = the ``visionops`` command."""
+
+from visionops.cli import run
+
+run()
