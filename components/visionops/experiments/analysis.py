@@ -140,36 +140,14 @@ def live_quality(frame, feedback, variant: str, positive: str) -> dict[str, Any]
 
 def ab_decision(control: dict, treatment: dict, config: AnalysisConfig) -> dict[str, Any]:
     """Compare live precision and recall of two variants; verdict ship / keep / inconclusive with a reason."""
-    rec_fixed = stats.two_proportion_test(
-        control["tp"],
-        control["actual_positive"],
-        treatment["tp"],
-        treatment["actual_positive"],
-        alpha=config.alpha,
-    )
-    prec_fixed = stats.two_proportion_test(
-        control["tp"],
-        control["predicted_positive"],
-        treatment["tp"],
-        treatment["predicted_positive"],
-        alpha=config.alpha,
-    )
-    rec_seq = stats.msprt_test(
-        control["tp"],
-        control["actual_positive"],
-        treatment["tp"],
-        treatment["actual_positive"],
-        alpha=config.alpha,
-        tau=config.tau,
-    )
-    prec_seq = stats.msprt_test(
-        control["tp"],
-        control["predicted_positive"],
-        treatment["tp"],
-        treatment["predicted_positive"],
-        alpha=config.alpha,
-        tau=config.tau,
-    )
+
+    def compare(denominator: str) -> tuple[stats.DiffResult, stats.SequentialResult]:
+        counts = (control["tp"], control[denominator], treatment["tp"], treatment[denominator])
+        return (stats.two_proportion_test(*counts, alpha=config.alpha),
+                stats.msprt_test(*counts, alpha=config.alpha, tau=config.tau))  # fmt: skip
+
+    rec_fixed, rec_seq = compare("actual_positive")  # recall: true positives among the actual positives
+    prec_fixed, prec_seq = compare("predicted_positive")  # precision: among the answers "positive"
     meets = treatment["precision_ci"][0] >= config.target_precision
     if (prec_seq.significant and prec_seq.diff < 0) or (rec_seq.significant and rec_seq.diff < 0):
         verdict, reason = "keep", "the treatment is significantly worse (sequential test)"
