@@ -41,7 +41,7 @@ class RenderResult:
         return [u for u in self.requests if not u.startswith(("file://", "data:", "about:"))]
 
 
-def render(html_path: Path, screenshot_path: Path | None = None, timeout: float = 30.0) -> RenderResult:
+def render(html_path: Path, screenshot_path: Path | None = None, timeout: float = 90.0) -> RenderResult:
     """Load ``html_path`` in headless Chromium and collect requests, console errors and a screenshot."""
     import websockets.sync.client as ws_client
 
@@ -91,11 +91,13 @@ def render(html_path: Path, screenshot_path: Path | None = None, timeout: float 
             for domain in ("Network.enable", "Runtime.enable", "Log.enable", "Page.enable"):
                 send(domain)
             send("Page.navigate", url=html_path.resolve().as_uri())
+            navigated_at = time.monotonic()
             shot_id = None
             loaded_at = None
+            full_page = True
             while time.monotonic() < deadline:
                 try:
-                    msg = json.loads(ws.recv(timeout=1.0))
+                    msg = json.loads(ws.recv(timeout=0.5))
                 except TimeoutError:
                     msg = {}
                 method = msg.get("method")
@@ -115,11 +117,17 @@ def render(html_path: Path, screenshot_path: Path | None = None, timeout: float 
                         result.console_errors.append(entry.get("text", "error"))
                 elif method == "Page.loadEventFired":
                     loaded_at = time.monotonic()
-                if loaded_at and shot_id is None and time.monotonic() - loaded_at > 0.5:
-                    shot_id = send("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+                # a busy machine can drop or delay the load event: after 15 s, take the picture anyway
+                ready = (
+                    loaded_at and time.monotonic() - loaded_at > 0.5
+                ) or time.monotonic() - navigated_at > 15
+                if ready and shot_id is None:
+                    shot_id = send("Page.captureScreenshot", format="png", captureBeyondViewport=full_page)
                 if shot_id is not None and msg.get("id") == shot_id:
-                    result.screenshot = base64.b64decode(msg["result"]["data"])
-                    break
+                    if "result" in msg:
+                        result.screenshot = base64.b64decode(msg["result"]["data"])
+                        break
+                    full_page, shot_id = False, None  # retry once with the viewport only
     finally:
         proc.terminate()
         try:
