@@ -104,6 +104,17 @@ def update_meta(uri: str, **changes: Any) -> dict[str, Any]:
     return meta
 
 
+def decide_indices(probs, positive_index: int, threshold: float):
+    """The decision rule, in one place: the positive class when its probability reaches the threshold,
+    otherwise the most probable other class. ``probs`` is (N, C); returns class indices (N,)."""
+    import numpy as np
+
+    probs = np.asarray(probs, dtype=float)
+    others = probs.copy()
+    others[:, positive_index] = -1.0
+    return np.where(probs[:, positive_index] >= threshold, positive_index, others.argmax(axis=1))
+
+
 @dataclass
 class Bundle:
     """A loaded bundle: the model in eval mode plus everything needed to use it."""
@@ -180,13 +191,7 @@ class Bundle:
         The positive class is predicted when its probability reaches the threshold; otherwise the most
         probable other class. (With two classes and threshold 0.5 this is argmax.)
         """
-        import numpy as np
-
-        probs = np.asarray(probs)
-        pos = self.positive_index
-        others = probs.copy()
-        others[:, pos] = -1.0
-        idx = np.where(probs[:, pos] >= self.threshold, pos, others.argmax(axis=1))
+        idx = decide_indices(probs, self.positive_index, self.threshold)
         return [self.classes[i] for i in idx]
 
 

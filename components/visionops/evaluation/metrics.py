@@ -88,12 +88,10 @@ def two_proportion_pvalue(k1: int, n1: int, k2: int, n2: int) -> float:
 
 
 def decide(probs: np.ndarray, positive_index: int, threshold: float) -> np.ndarray:
-    """Predicted class indices with the bundle's rule: the positive class when its probability reaches the
-    threshold, otherwise the most probable other class."""
-    probs = np.asarray(probs, dtype=float)
-    others = probs.copy()
-    others[:, positive_index] = -1.0
-    return np.where(probs[:, positive_index] >= threshold, positive_index, others.argmax(axis=1))
+    """Predicted class indices with the bundle's own decision rule (:func:`visionops.bundle.decide_indices`)."""
+    from visionops.bundle import decide_indices
+
+    return decide_indices(probs, positive_index, threshold)
 
 
 def at_threshold(
