@@ -1,19 +1,18 @@
 """``visionops train MANIFEST OUTPUT [options]``: every TrainConfig field is an option (generated from the
-dataclass, so the CLI, KFP parameters and YAML files can never drift apart). Precedence: explicit options >
+dataclass by :func:`visionops.settings.options_command`, so the CLI, KFP parameters and YAML files can never
+drift apart). Precedence: explicit options >
 ``--config FILE`` > ``--preset NAME`` > defaults.
 """
 
 from __future__ import annotations
 
-import inspect
-import typing
-from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from visionops.training.config import PRESETS, TrainConfig, field_help
+from visionops.settings import argument, option, options_command
+from visionops.training.config import PRESETS, TrainConfig
 
 HELP = """Train a classifier on a dataset manifest and write a model bundle to OUTPUT (path or s3://).
 
@@ -21,10 +20,8 @@ Launched under torchrun (e.g. `torchrun --nproc_per_node=4 $(which visionops) tr
 Prints the bundle URI and the final validation metrics."""
 
 
-def resolve_config(
-    ctx: typer.Context, values: dict[str, Any], preset_name: str | None, config_file: Path | None
-) -> TrainConfig:
-    """Merge defaults, a preset, a config file and the options given explicitly on the command line."""
+def resolve_config(options: dict[str, Any], preset_name: str | None, config_file: Path | None) -> TrainConfig:
+    """Merge defaults < a preset < a config file < the options given explicitly on the command line."""
     from visionops.errors import ConfigError
 
     merged: dict[str, Any] = {}
@@ -34,11 +31,7 @@ def resolve_config(
         merged.update(PRESETS[preset_name])
     if config_file is not None:
         merged.update(_file_fields(config_file))
-    for name, value in values.items():
-        source = ctx.get_parameter_source(name)
-        # compared by name: Typer may ship its own copy of click's ParameterSource enum
-        if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP"):
-            merged[name] = value
+    merged.update(options)
     return TrainConfig.from_dict(merged)
 
 
@@ -57,7 +50,13 @@ def _file_fields(path: Path) -> dict[str, Any]:
 
 
 def _run(
-    ctx: typer.Context, manifest: str, output: str, preset: str | None, config: Path | None, **values: Any
+    ctx: typer.Context,
+    options: dict[str, Any],
+    *,
+    manifest: str,
+    output: str,
+    preset: str | None,
+    config: Path | None,
 ) -> None:
     import os
 
@@ -67,7 +66,7 @@ def _run(
     from visionops.bundle import read_meta
     from visionops.training import train
 
-    cfg = resolve_config(ctx, values, preset, config)
+    cfg = resolve_config(options, preset, config)
     uri = train(manifest, output, cfg)
     if uri is None or not _is_main_process():
         return
@@ -91,55 +90,13 @@ def _is_main_process() -> bool:
 
 def _build_command():
     """A Typer command whose options are generated from TrainConfig's fields (types, defaults, help)."""
-    hints = typing.get_type_hints(TrainConfig)
-    helps = field_help()
-    kw = inspect.Parameter.KEYWORD_ONLY
-    params = [
-        inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
-        inspect.Parameter(
-            "manifest",
-            kw,
-            annotation=str,
-            default=typer.Argument(..., help="Dataset directory (path or s3://) with manifest.csv."),
-        ),
-        inspect.Parameter(
-            "output",
-            kw,
-            annotation=str,
-            default=typer.Argument(..., help="Where the model bundle goes (path or s3://)."),
-        ),
-        inspect.Parameter(
-            "preset",
-            kw,
-            annotation=str | None,
-            default=typer.Option(None, "--preset", help=f"Named recipe: {', '.join(PRESETS)}."),
-        ),
-        inspect.Parameter(
-            "config",
-            kw,
-            annotation=Path | None,
-            default=typer.Option(None, "--config", help="YAML/JSON file of config fields."),
-        ),
+    before = [
+        argument("manifest", str, help="Dataset directory (path or s3://) with manifest.csv."),
+        argument("output", str, help="Where the model bundle goes (path or s3://)."),
+        option("preset", str | None, None, "--preset", help=f"Named recipe: {', '.join(PRESETS)}."),
+        option("config", Path | None, None, "--config", help="YAML/JSON file of config fields."),
     ]
-    for f in fields(TrainConfig):
-        default = None if f.default is MISSING else f.default
-        flag = "--" + f.name.replace("_", "-")
-        decls = [f"{flag}/--no-{flag[2:]}"] if hints[f.name] is bool else [flag]
-        params.append(
-            inspect.Parameter(
-                f.name,
-                kw,
-                annotation=hints[f.name],
-                default=typer.Option(default, *decls, help=helps[f.name]),
-            )
-        )
-
-    def train_command(ctx: typer.Context, **kwargs: Any) -> None:
-        _run(ctx, **kwargs)
-
-    train_command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-    train_command.__doc__ = HELP
-    return train_command
+    return options_command(TrainConfig, _run, before=before, doc=HELP)
 
 
 def register(app: typer.Typer) -> None:
