@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 
 import typer
 
 from visionops.serving import SERVICE_IMPORT
+from visionops.settings import option, options_command
 
 
 def serve_command(settings, *, host: str, port: int, workers: int) -> tuple[list[str], dict[str, str]]:
@@ -21,46 +21,13 @@ def serve_command(settings, *, host: str, port: int, workers: int) -> tuple[list
     return argv, env
 
 
-def serve(
-    model: str = typer.Option(
-        None, "--model", "-m", help="Model bundle URI (dir or s3://). Default: $VISIONOPS_MODEL_URI."
-    ),
-    host: str = typer.Option(
-        "127.0.0.1", envvar="VISIONOPS_HOST", help="Address to listen on (0.0.0.0 in a container)."
-    ),
-    port: int = typer.Option(3000, envvar="VISIONOPS_PORT", help="Port to listen on."),
-    workers: int = typer.Option(1, min=1, help="Server worker processes (each loads the model)."),
-    monitor_url: str = typer.Option(
-        None, help="Drift sidecar base URL (e.g. http://127.0.0.1:8001); '' = off."
-    ),
-    threshold: float = typer.Option(None, min=0.0, max=1.0, help="Override the bundle's decision threshold."),
-    max_batch_size: int = typer.Option(None, min=2, help="Adaptive batching: largest batch."),
-    max_latency_ms: int = typer.Option(None, min=10, help="Adaptive batching: latency bound in ms."),
-    prediction_log: str = typer.Option(None, help="Prediction log directory or s3:// prefix (JSON lines)."),
-    capture_uri: str = typer.Option(None, help="Payload capture directory or s3:// prefix."),
-    capture_rate: float = typer.Option(None, min=0.0, max=1.0, help="Share of requests to capture (0..1)."),
-    variant: str = typer.Option(None, help="Experiment variant label on every logged prediction."),
-    torch_threads: int = typer.Option(None, min=0, help="torch intra-op threads (0 = torch's default)."),
-    print_only: bool = typer.Option(False, "--print", help="Print the server command instead of running it."),
+def _serve(
+    ctx: typer.Context, options: dict, *, host: str, port: int, workers: int, print_only: bool
 ) -> None:
     """Serve a model bundle over HTTP with BentoML (the same service the serving container runs)."""
     from visionops.serving.settings import ServingSettings
 
-    options = {
-        "model_uri": model,
-        "monitor_url": monitor_url,
-        "threshold": threshold,
-        "max_batch_size": max_batch_size,
-        "max_latency_ms": max_latency_ms,
-        "prediction_log": prediction_log,
-        "capture_uri": capture_uri,
-        "capture_rate": capture_rate,
-        "variant": variant,
-        "torch_threads": torch_threads,
-    }
-    settings = dataclasses.replace(
-        ServingSettings.from_env(), **{k: v for k, v in options.items() if v is not None}
-    )
+    settings = ServingSettings.from_env(**options)
     settings.require_model()
     argv, env = serve_command(settings, host=host, port=port, workers=workers)
     if print_only:
@@ -72,6 +39,28 @@ def serve(
     )
     sys.stdout.flush()
     os.execve(argv[0], argv, env)  # the server replaces this process: signals reach it directly
+
+
+def _serve_command():
+    """``visionops serve``: one option per ServingSettings field (explicit options > VISIONOPS_* > defaults)."""
+    from visionops.serving.settings import ServingSettings
+
+    before = [
+        option(
+            "host",
+            str,
+            "127.0.0.1",
+            "--host",
+            envvar="VISIONOPS_HOST",
+            help="Address to listen on (0.0.0.0 in a container).",
+        ),
+        option("port", int, 3000, "--port", envvar="VISIONOPS_PORT", help="Port to listen on."),
+        option("workers", int, 1, "--workers", min=1, help="Server worker processes (each loads the model)."),
+    ]
+    after = [
+        option("print_only", bool, False, "--print", help="Print the server command instead of running it.")
+    ]
+    return options_command(ServingSettings, _serve, before=before, after=after)
 
 
 def package_command(
@@ -88,5 +77,5 @@ def package_command(
 
 def register(app: typer.Typer) -> None:
     """Add ``serve`` and ``package`` to the root CLI."""
-    app.command("serve")(serve)
+    app.command("serve")(_serve_command())
     app.command("package")(package_command)
