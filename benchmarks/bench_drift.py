@@ -476,7 +476,7 @@ def main() -> None:
 
     from visionops.drift.detect import DriftPolicy
     from visionops.drift.reference import load_reference
-    from visionops.drift.sidecar import MonitorSettings
+    from visionops.drift.settings import MonitorSettings
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-drift-"))
     work.mkdir(parents=True, exist_ok=True)

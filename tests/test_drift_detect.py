@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from visionops.drift.detect import DriftPolicy, compute_drift, monitored_columns, public, render_html, verdict
 from visionops.drift.quality import LiveQuality
-from visionops.drift.sidecar import MonitorSettings
+from visionops.drift.settings import MonitorSettings
 from visionops.drift.window import FeatureWindow
 from visionops.errors import ConfigError
 

@@ -129,7 +129,9 @@ def wait_until(predicate, timeout: float = 60.0, interval: float = 0.1):
 def start_monitor(bundle_uri: str, **settings):
     """A running sidecar (in this process, on a free port) and an httpx client for it."""
     import httpx
-    from visionops.drift.sidecar import Monitor, MonitorServer, MonitorSettings
+    from visionops.drift.monitor import Monitor
+    from visionops.drift.service import MonitorServer
+    from visionops.drift.settings import MonitorSettings
 
     settings.setdefault("drift_every_seconds", 3600.0)
     config = MonitorSettings(model_uri=bundle_uri, host="127.0.0.1", port=0, **settings)

@@ -110,13 +110,13 @@ def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
 @cache
 def code_settings() -> dict[str, set[str]]:
     """The VISIONOPS_* variables each role's settings class reads (from the code, not from the docs)."""
-    from visionops.drift import sidecar
+    from visionops.drift.settings import MonitorSettings
     from visionops.serving import settings
+    from visionops.settings import env_vars
 
-    pattern = re.compile(r'"(VISIONOPS_[A-Z0-9_]+)"')
     return {
         SERVING: set(settings.ENV_VARS),
-        MONITOR: set(pattern.findall(inspect.getsource(sidecar.MonitorSettings.from_env))),
+        MONITOR: set(env_vars(MonitorSettings)),
     }
 
 
@@ -124,10 +124,10 @@ def code_settings() -> dict[str, set[str]]:
 def code_probe_paths() -> dict[str, set[str]]:
     """GET paths the two processes answer: BentoML's system routes for serving, the sidecar's do_GET."""
     from bentoml._internal.server.base_app import BaseAppFactory
-    from visionops.drift import sidecar
+    from visionops.drift import service
 
     serving = set(re.findall(r'"(/[a-z]+)"', inspect.getsource(BaseAppFactory.get_system_routes)))
-    handler = inspect.getsource(sidecar)
+    handler = inspect.getsource(service)
     do_get = handler[handler.index("def do_GET") : handler.index("def do_POST")]
     return {SERVING: serving, MONITOR: set(re.findall(r'path == "(/[a-z]+)"', do_get))}
 
@@ -749,7 +749,7 @@ def test_promtool_unit_tests_the_alerts_fire(tmp_path):
 # -- the settings the manifests set are accepted by the code ------------------------------------------------
 @pytest.mark.parametrize("name", SERVING_KUSTOMIZATIONS)
 def test_settings_classes_accept_the_manifest_values(name):
-    from visionops.drift.sidecar import MonitorSettings
+    from visionops.drift.settings import MonitorSettings
     from visionops.serving.settings import ServingSettings
 
     for dep in objects(name, "Deployment"):

@@ -11,6 +11,7 @@ import threading
 from collections import OrderedDict, deque
 
 from visionops.errors import ConfigError
+from visionops.policy import TARGET_PRECISION
 
 
 class LiveQuality:
@@ -22,7 +23,7 @@ class LiveQuality:
         *,
         window: int = 500,
         max_pending: int = 50_000,
-        target_precision: float = 0.95,
+        target_precision: float = TARGET_PRECISION,
         min_labels: int = 50,
     ) -> None:
         if window < 1 or max_pending < 1:

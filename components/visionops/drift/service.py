@@ -1,0 +1,239 @@
+"""The drift monitor's HTTP service: a small threaded server beside ``visionops serve`` (same pod, own port).
+
+Endpoints::
+
+    POST /ingest     {"rows": [feature rows]}   schema-checked; good rows are kept, bad ones -> 422 + reasons
+    POST /feedback   {"request_id", "label"} or {"labels": [...]}   ground truth -> live precision/recall
+    POST /alerts     Alertmanager webhook payload -> the retraining trigger (same code path as drift)
+    GET  /metrics    Prometheus text (names: docs/ARCHITECTURE.md)
+    GET  /drift      the latest drift result (JSON)
+    GET  /report     the latest drift report (one self-contained HTML file)
+    GET  /healthz    the process is up
+    GET  /readyz     the reference is loaded and the drift worker runs
+
+The handler only maps requests to the :class:`~visionops.drift.monitor.Monitor`; the status of a refused
+request comes from the type of the error (:func:`status_for`), never from its message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar
+
+from visionops.drift.monitor import Monitor
+from visionops.drift.settings import MonitorSettings
+from visionops.errors import ConfigError, VisionOpsError
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 32 * 1024 * 1024
+
+
+class RequestError(Exception):
+    """A request the handler refuses itself (bad body, too large), with its HTTP status."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.http_status, self.detail = int(status), detail
+
+
+# LOCAL STAND-IN (issue 15): HTTP status by exception type, most specific first. When visionops.errors gives
+# its error types an ``http_status`` attribute, status_for() reads that attribute and this table goes.
+_STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (
+    (ConfigError, HTTPStatus.UNPROCESSABLE_ENTITY),  # a malformed payload (e.g. an Alertmanager webhook)
+    (VisionOpsError, HTTPStatus.UNPROCESSABLE_ENTITY),
+)
+
+
+def status_for(exc: Exception) -> int:
+    """The HTTP status of an error raised while handling a request: its own ``http_status`` or its type's."""
+    own = getattr(exc, "http_status", None)
+    if own is not None:
+        return int(own)
+    for kind, status in _STATUS_BY_ERROR:
+        if isinstance(exc, kind):
+            return int(status)
+    return int(HTTPStatus.INTERNAL_SERVER_ERROR)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    # headers and body go out in separate writes: without TCP_NODELAY, Nagle + delayed ACK add ~40 ms
+    # to every keep-alive request
+    disable_nagle_algorithm = True
+    monitor: Monitor  # set on the subclass made by MonitorServer
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s " + format, self.address_string(), *args)
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, status: int, data: Any) -> None:
+        self._send(status, json.dumps(data, default=str).encode(), "application/json")
+
+    def _body(self) -> Any:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY_BYTES:
+            self.rfile.read(length)
+            raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body over {MAX_BODY_BYTES} bytes")
+        raw = self.rfile.read(length)
+        try:
+            return json.loads(raw or b"null")
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RequestError(HTTPStatus.BAD_REQUEST, f"body is not JSON: {exc}") from exc
+
+    def do_GET(self) -> None:
+        m = self.monitor
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            m.metrics.window_rows.set(len(m.window))
+            self._send(200, m.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
+        elif path == "/drift":
+            self._json(200, m.latest_public())
+        elif path == "/report":
+            html = m.report_html()
+            if html is None:
+                self._json(
+                    404, {"detail": "no drift computed yet; the first report comes with the first window"}
+                )
+            else:
+                self._send(200, html.encode(), "text/html; charset=utf-8")
+        elif path == "/healthz":
+            self._json(200, {"status": "ok"})
+        elif path == "/readyz":
+            ready = m.ready and m.worker_alive
+            self._json(
+                200 if ready else 503,
+                {"ready": ready, "model_version": m.model_version, "reference_rows": len(m.reference)},
+            )
+        else:
+            self._json(404, {"detail": f"no endpoint {path}"})
+
+    def do_POST(self) -> None:
+        path = self.path.split("?", 1)[0]
+        route = self._POST_ROUTES.get(path)
+        try:
+            body = self._body()
+            if route is None:
+                self._json(HTTPStatus.NOT_FOUND, {"detail": f"no endpoint {path}"})
+            else:
+                route(self, body)
+        except (RequestError, VisionOpsError) as exc:
+            self._json(status_for(exc), {"detail": str(exc)})
+
+    def _ingest(self, body: Any) -> None:
+        m = self.monitor
+        rows = body.get("rows") if isinstance(body, dict) else None
+        if not isinstance(rows, list):
+            raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, 'expected {"rows": [feature rows]}')
+        if len(rows) > m.settings.max_rows_per_request:
+            raise RequestError(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                f"{len(rows)} rows in one request; at most {m.settings.max_rows_per_request}",
+            )
+        accepted, bad = m.ingest(rows)
+        if bad:
+            self._json(422, {"accepted": accepted, "rejected": len(bad), "errors": bad[:20]})
+        else:
+            self._json(200, {"accepted": accepted})
+
+    def _feedback(self, body: Any) -> None:
+        m = self.monitor
+        items = body.get("labels", [body]) if isinstance(body, dict) else None
+        if not isinstance(items, list):
+            raise RequestError(
+                HTTPStatus.UNPROCESSABLE_ENTITY,
+                'expected {"request_id": ..., "label": ...} or {"labels": [...]}',
+            )
+        matched, problems = m.feedback(items)
+        # every item refused for the same reason: that reason's status (404: all ids unknown); mixed: 422
+        statuses = {p["status"] for p in problems}
+        status = 200 if not problems else statuses.pop() if len(statuses) == 1 else 422
+        self._json(status, {"matched": matched, "errors": problems[:20], "quality": m.quality.summary()})
+
+    def _alerts(self, body: Any) -> None:
+        m = self.monitor
+        results = m.trigger.handle_alertmanager(body)
+        m.metrics.retrain_alert.set(m.trigger.alert)
+        self._json(200, {"results": results, "retrain_alert": m.trigger.alert})
+
+    _POST_ROUTES: ClassVar[dict[str, Callable[[_Handler, Any], None]]] = {
+        "/ingest": _ingest,
+        "/feedback": _feedback,
+        "/alerts": _alerts,
+    }
+
+
+class MonitorServer:
+    """The HTTP server around a :class:`Monitor`; ``start()`` runs it in a thread, ``serve_forever()`` here."""
+
+    def __init__(self, monitor: Monitor, host: str | None = None, port: int | None = None) -> None:
+        handler = type("MonitorHandler", (_Handler,), {"monitor": monitor})
+        self.monitor = monitor
+        try:
+            self.httpd = ThreadingHTTPServer(
+                (host or monitor.settings.host, monitor.settings.port if port is None else port), handler
+            )
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on {host or monitor.settings.host}:{port}: {exc.strerror}"
+            ) from exc
+        self.httpd.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return self.httpd.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> MonitorServer:
+        self.monitor.start()
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, name="visionops-monitor-http", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self.monitor.start()
+        try:
+            self.httpd.serve_forever()
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.monitor.stop()
+
+
+def serve(settings: MonitorSettings) -> None:
+    """Run the sidecar until interrupted (what ``visionops monitor`` calls)."""
+    monitor = Monitor(settings)
+    server = MonitorServer(monitor)
+    log.info(
+        "drift monitor for model %s on %s:%d (window %d rows, drift every %d rows or %.0fs)",
+        monitor.model_version,
+        settings.host,
+        server.port,
+        settings.window_size,
+        settings.every_rows,
+        settings.drift_every_seconds,
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        log.info("drift monitor stopped")
