@@ -122,3 +122,37 @@ def test_cli_options_are_generated_and_only_explicit_ones_beat_the_environment()
     )
     help_text = runner.invoke(_app(seen), ["go", "--help"]).output
     assert "DEMO_SIZE" in help_text and "--no-dry" in help_text and "--hidden" not in help_text
+
+
+# -- the roles that use it ---------------------------------------------------------------------------------------
+def test_router_settings_from_env_round_trip_and_equal_default_weights():
+    from visionops.experiments.router import RouterSettings
+    from visionops.policy import TARGET_PRECISION
+
+    env = {
+        "VISIONOPS_ROUTER_VARIANTS": "a=http://x:1/,b=http://y:2",
+        "VISIONOPS_ROUTER_POLICY": "sticky",
+        "VISIONOPS_ROUTER_LOG": "/tmp/log.jsonl",
+    }
+    s = RouterSettings.from_env(env)
+    assert s.variants == {"a": "http://x:1", "b": "http://y:2"} and s.weights == {"a": 1.0, "b": 1.0}
+    assert (s.policy, s.log_path, s.target_precision) == ("sticky", "/tmp/log.jsonl", TARGET_PRECISION)
+    assert RouterSettings.from_env(s.to_env()) == s
+    with pytest.raises(ConfigError, match="VISIONOPS_ROUTER_POLICY 'random' unknown; valid: weights, sticky"):
+        RouterSettings.from_env({**env, "VISIONOPS_ROUTER_POLICY": "random"})
+    with pytest.raises(ConfigError, match="VISIONOPS_ROUTER_WEIGHTS='a=many': bad weight"):
+        RouterSettings.from_env({**env, "VISIONOPS_ROUTER_WEIGHTS": "a=many"})
+
+
+def test_monitor_cli_options_override_the_environment(monkeypatch, tmp_path):
+    from visionops.cli import app
+
+    runner = CliRunner()
+    monkeypatch.setenv("VISIONOPS_WINDOW_SIZE", "1")  # a bad value in the environment...
+    result = runner.invoke(app, ["monitor", "--model", str(tmp_path / "none")])
+    assert isinstance(result.exception, ConfigError)
+    assert "VISIONOPS_WINDOW_SIZE must be a window size of at least 2 rows, got 1" in str(result.exception)
+    # ... is overridden by the option: the settings pass, and the monitor fails later, on the missing bundle
+    result = runner.invoke(app, ["monitor", "--model", str(tmp_path / "none"), "--window-size", "500"])
+    assert result.exception is not None and "WINDOW_SIZE" not in str(result.exception)
+    assert str(tmp_path / "none") in str(result.exception)

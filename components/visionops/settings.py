@@ -199,6 +199,8 @@ def parse_text(label: str, raw: str, hint: Any, spec: Spec) -> Any:
             return spec.parse(raw)
         except ValueError as exc:
             raise ConfigError(f"{label} {exc} (got {raw!r})") from exc
+        except ConfigError as exc:  # a parser of the library's own (parse_weights...) already explains itself
+            raise ConfigError(f"{label}={raw!r}: {exc}") from exc
     kind = _base_type(hint)
     if kind is bool:
         if raw.lower() in _TRUE + _FALSE:

@@ -6,6 +6,8 @@ import json
 
 import typer
 
+from visionops.settings import option, options_command
+
 experiment_app = typer.Typer(
     help="Online experiments: sample size, analysis of shadow / canary / A/B runs.", no_args_is_help=True
 )
@@ -92,44 +94,26 @@ def webhook_cmd(
     web.run_app(build_app(logs, config), host=host, port=port, access_log=None, print=None)
 
 
-def route_cmd(
-    variant: list[str] = typer.Option(..., "--variant", help="name=http://host:port (repeat per variant)."),
-    weights: str | None = typer.Option(
-        None, "--weights", help="e.g. champion=90,challenger=10 (default equal)."
-    ),
-    policy: str = typer.Option("weights", help="weights | sticky | thompson"),
-    salt: str = typer.Option("visionops", help="Per-experiment salt of the sticky hash."),
-    unit_header: str = typer.Option("X-Unit-ID", help="Header holding the sticky unit (camera / worker id)."),
-    target_precision: float = typer.Option(0.95, help="Thompson: variants credibly below it are capped."),
-    floor: float = typer.Option(0.05, help="Thompson: minimum share of every variant."),
-    cap: float = typer.Option(
-        0.05, help="Thompson: maximum share of a variant failing the precision target."
-    ),
-    log: str | None = typer.Option(
-        None, "--log", help="Experiment log (JSON lines), the input of `experiment analyze`."
-    ),
-    host: str = typer.Option("0.0.0.0", help="Bind address."),
-    port: int = typer.Option(8080, help="Port."),
-) -> None:
+def _route(ctx: typer.Context, options: dict, *, host: str, port: int) -> None:
     """Route requests to model variants by policy (fixed weights, sticky units, Thompson sampling)."""
-    from visionops.experiments.assign import parse_weights
-    from visionops.experiments.router import RouterSettings, parse_variants, serve
+    from visionops.experiments.router import RouterSettings, serve
 
-    variants = parse_variants(",".join(variant))
-    settings = RouterSettings(
-        variants=variants,
-        weights=parse_weights(weights or ",".join(f"{v}=1" for v in variants)),
-        policy=policy,
-        salt=salt,
-        unit_header=unit_header,
-        target_precision=target_precision,
-        floor=floor,
-        cap=cap,
-        log_path=log,
-    )
+    settings = RouterSettings.from_env(**options)
+    settings.validate()  # before the server starts: a missing variant is a usage error
     serve(settings, host=host, port=port)
+
+
+def route_cmd():
+    """``visionops route``: one option per RouterSettings field (explicit options > VISIONOPS_ROUTER_* > defaults)."""
+    from visionops.experiments.router import RouterSettings
+
+    after = [
+        option("host", str, "0.0.0.0", "--host", help="Bind address."),
+        option("port", int, 8080, "--port", help="Port."),
+    ]
+    return options_command(RouterSettings, _route, after=after)
 
 
 def register(app: typer.Typer) -> None:
     app.add_typer(experiment_app, name="experiment")
-    app.command("route")(route_cmd)
+    app.command("route")(route_cmd())

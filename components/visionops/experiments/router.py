@@ -14,16 +14,18 @@ import asyncio
 import collections
 import json
 import logging
-import os
 import queue
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from visionops.errors import ConfigError
-from visionops.experiments.assign import Assigner, ThompsonState, parse_weights
+from visionops.experiments.assign import POLICIES, Assigner, ThompsonState, parse_weights
+from visionops.policy import POSITIVE_CLASS, TARGET_PRECISION
+from visionops.settings import Settings, setting
 
 log = logging.getLogger(__name__)
 
@@ -41,39 +43,87 @@ HOP_BY_HOP = {
 }
 
 
-@dataclass
-class RouterSettings:
-    """Where the variants are and how traffic is split (env ``VISIONOPS_ROUTER_*`` or CLI options)."""
+def _render_pairs(mapping: dict) -> str:
+    """``{"a": "http://x", "b": 2.0}`` -> ``"a=http://x,b=2.0"`` (what parse_variants / parse_weights read)."""
+    return ",".join(f"{k}={v}" for k, v in mapping.items())
 
-    variants: dict[str, str]
-    weights: dict[str, float]
-    policy: str = "weights"
-    salt: str = "visionops"
-    unit_header: str = "X-Unit-ID"
-    positive_class: str = "glasses"
-    target_precision: float = 0.95
-    floor: float = 0.05
-    cap: float = 0.05
-    refresh_seconds: float = 5.0
-    log_path: str | None = None
-    max_pending_feedback: int = 100_000
-    timeout_seconds: float = 30.0
-    extra: dict = field(default_factory=dict)
 
-    @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> RouterSettings:
-        env = dict(os.environ if env is None else env)
-        variants = parse_variants(env.get("VISIONOPS_ROUTER_VARIANTS", ""))
-        weights = parse_weights(env.get("VISIONOPS_ROUTER_WEIGHTS") or ",".join(f"{v}=1" for v in variants))
-        return cls(
-            variants=variants,
-            weights=weights,
-            policy=env.get("VISIONOPS_ROUTER_POLICY", "weights"),
-            salt=env.get("VISIONOPS_ROUTER_SALT", "visionops"),
-            unit_header=env.get("VISIONOPS_ROUTER_UNIT_HEADER", "X-Unit-ID"),
-            target_precision=float(env.get("VISIONOPS_TARGET_PRECISION", "0.95")),
-            log_path=env.get("VISIONOPS_ROUTER_LOG") or None,
-        )
+@dataclass(frozen=True)
+class RouterSettings(Settings):
+    """Where the variants are and how traffic is split (env ``VISIONOPS_ROUTER_*`` or ``visionops route`` options)."""
+
+    kind: ClassVar[str] = "router settings"
+
+    variants: dict[str, str] = setting(  # noqa: RUF009 - setting() returns a dataclasses.field
+        default_factory=dict,
+        help="name=http://host:port (repeat per variant).",
+        env="VISIONOPS_ROUTER_VARIANTS",
+        parse=lambda raw: parse_variants(raw),
+        render=_render_pairs,
+        flags=("--variant",),
+        multiple=True,
+    )
+    weights: dict[str, float] = setting(  # noqa: RUF009 - setting() returns a dataclasses.field
+        default_factory=dict,
+        help="e.g. champion=90,challenger=10 (default equal).",
+        env="VISIONOPS_ROUTER_WEIGHTS",
+        parse=parse_weights,
+        render=_render_pairs,
+        flags=("--weights",),
+    )
+    policy: str = setting(
+        "weights", "weights | sticky | thompson", env="VISIONOPS_ROUTER_POLICY", choices=POLICIES
+    )
+    salt: str = setting("visionops", "Per-experiment salt of the sticky hash.", env="VISIONOPS_ROUTER_SALT")
+    unit_header: str = setting(
+        "X-Unit-ID",
+        "Header holding the sticky unit (camera / worker id).",
+        env="VISIONOPS_ROUTER_UNIT_HEADER",
+    )
+    positive_class: str = setting(POSITIVE_CLASS, "Class whose precision the bandit watches.")
+    target_precision: float = setting(
+        TARGET_PRECISION,
+        "Thompson: variants credibly below it are capped.",
+        env="VISIONOPS_TARGET_PRECISION",
+        check=lambda v: 0 <= v <= 1,
+        must="must be in [0, 1]",
+    )
+    floor: float = setting(
+        0.05,
+        "Thompson: minimum share of every variant.",
+        check=lambda v: 0 <= v < 1,
+        must="must be in [0, 1)",
+    )
+    cap: float = setting(
+        0.05,
+        "Thompson: maximum share of a variant failing the precision target.",
+        check=lambda v: 0 <= v <= 1,
+        must="must be in [0, 1]",
+    )
+    refresh_seconds: float = setting(
+        5.0, "Thompson: seconds between two share updates.", check=lambda v: v > 0, must="must be > 0"
+    )
+    log_path: str | None = setting(
+        None,
+        "Experiment log (JSON lines), the input of `experiment analyze`.",
+        env="VISIONOPS_ROUTER_LOG",
+        flags=("--log",),
+    )
+    max_pending_feedback: int = setting(
+        100_000,
+        "Request ids kept for feedback (oldest forgotten first).",
+        check=lambda v: v >= 1,
+        must="must be >= 1",
+    )
+    timeout_seconds: float = setting(
+        30.0, "Timeout of a forwarded request.", check=lambda v: v > 0, must="must be > 0"
+    )
+    extra: dict = setting(default_factory=dict, help="Free-form settings for extensions.", cli=False)  # noqa: RUF009
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.variants and not self.weights:  # no weights given: an equal split
+            object.__setattr__(self, "weights", {v: 1.0 for v in self.variants})
 
     def validate(self) -> None:
         if not self.variants:
