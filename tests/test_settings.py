@@ -156,3 +156,26 @@ def test_monitor_cli_options_override_the_environment(monkeypatch, tmp_path):
     result = runner.invoke(app, ["monitor", "--model", str(tmp_path / "none"), "--window-size", "500"])
     assert result.exception is not None and "WINDOW_SIZE" not in str(result.exception)
     assert str(tmp_path / "none") in str(result.exception)
+
+
+def test_s3_settings_read_aliases_keep_the_secret_out_of_repr_and_name_a_bad_endpoint():
+    from visionops.storage import S3Settings
+
+    s = S3Settings.from_env(
+        {"AWS_ENDPOINT_URL": "minio:9000", "AWS_DEFAULT_REGION": "eu-1", "AWS_SECRET_ACCESS_KEY": "hunter2"}
+    )
+    assert (s.endpoint, s.secure, s.region, s.verify_tls, s.url) == (
+        "minio:9000",
+        True,
+        "eu-1",
+        True,
+        "https://minio:9000",
+    )
+    assert "hunter2" not in repr(s) and s.secret_key == "hunter2"
+    assert S3Settings.from_env(
+        {"S3_ENDPOINT_URL": "http://h:1", "AWS_ENDPOINT_URL": "http://other:2"}
+    ).url == ("http://h:1")
+    assert S3Settings.from_env({"S3_VERIFY_TLS": "false"}).verify_tls is False
+    assert S3Settings.from_env({}).url == "https://s3.amazonaws.com"
+    with pytest.raises(ConfigError, match="S3_ENDPOINT_URL is not an http"):
+        S3Settings.from_env({"S3_ENDPOINT_URL": "ftp://minio:21"})

@@ -63,6 +63,8 @@ class Spec:
     cli: bool = True
     #: a repeatable CLI option whose values are joined with "," and parsed like the environment variable
     multiple: bool = False
+    #: a credential: left out of repr() (logs, tracebacks)
+    secret: bool = False
 
 
 def setting(
@@ -80,6 +82,7 @@ def setting(
     flags: Sequence[str] = (),
     cli: bool = True,
     multiple: bool = False,
+    secret: bool = False,
 ) -> Any:
     """A dataclass field carrying its :class:`Spec` (and its help text under ``metadata["help"]``)."""
     spec = Spec(
@@ -94,11 +97,12 @@ def setting(
         flags=tuple(flags),
         cli=cli,
         multiple=multiple,
+        secret=secret,
     )
     metadata = {"setting": spec, "help": help}
     if default_factory is not MISSING:
-        return field(default_factory=default_factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
+        return field(default_factory=default_factory, metadata=metadata, repr=not secret)
+    return field(default=default, metadata=metadata, repr=not secret)
 
 
 def spec_of(f) -> Spec:

@@ -31,10 +31,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 from urllib.parse import urlparse
 
 from visionops.errors import StorageError
+from visionops.settings import Settings, setting
 
 T = TypeVar("T")
 
@@ -66,43 +67,49 @@ def split_s3(uri: str) -> tuple[str, str]:
     return parsed.netloc, parsed.path.lstrip("/")
 
 
+def _with_scheme(url: str) -> str:
+    """``minio:9000`` -> ``https://minio:9000`` (a bare host means TLS, as before)."""
+    return url if "://" in url else f"https://{url}"
+
+
+def _is_http_url(url: str) -> bool:
+    parsed = urlparse(url)
+    return parsed.scheme in ("http", "https") and bool(parsed.netloc)
+
+
 @dataclass(frozen=True)
-class S3Settings:
-    """Where the object store is and how to log in; read from the environment by :meth:`from_env`."""
+class S3Settings(Settings):
+    """Where the object store is and how to log in; read from the environment by :meth:`from_env`
+    (one settings dataclass, :mod:`visionops.settings`; in a cluster the variables come from a Secret)."""
 
-    endpoint: str
-    secure: bool
-    access_key: str | None
-    secret_key: str | None
-    session_token: str | None = None
-    region: str | None = None
-    verify_tls: bool = True
-    ca_bundle: str | None = None
+    kind: ClassVar[str] = "object storage settings"
 
-    @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> S3Settings:
-        env = dict(os.environ if env is None else env)
-        url = (
-            env.get("S3_ENDPOINT_URL")
-            or env.get("AWS_ENDPOINT_URL_S3")
-            or env.get("AWS_ENDPOINT_URL")
-            or "https://s3.amazonaws.com"
-        )
-        if "://" not in url:
-            url = f"https://{url}"
-        parsed = urlparse(url)
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise StorageError(f"S3_ENDPOINT_URL={url!r} is not an http(s) URL (e.g. http://minio:9000)")
-        return cls(
-            endpoint=parsed.netloc,
-            secure=parsed.scheme == "https",
-            access_key=env.get("AWS_ACCESS_KEY_ID"),
-            secret_key=env.get("AWS_SECRET_ACCESS_KEY"),
-            session_token=env.get("AWS_SESSION_TOKEN"),
-            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"),
-            verify_tls=env.get("S3_VERIFY_TLS", "true").lower() not in ("0", "false", "no"),
-            ca_bundle=env.get("AWS_CA_BUNDLE"),
-        )
+    endpoint_url: str = setting(
+        "https://s3.amazonaws.com",
+        "S3 endpoint; the scheme decides TLS.",
+        env="S3_ENDPOINT_URL",
+        aliases=("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+        parse=_with_scheme,
+        check=_is_http_url,
+        must="is not an http(s) URL (e.g. http://minio:9000)",
+    )
+    access_key: str | None = setting(None, "Access key.", env="AWS_ACCESS_KEY_ID")
+    secret_key: str | None = setting(None, "Secret key.", env="AWS_SECRET_ACCESS_KEY", secret=True)
+    session_token: str | None = setting(None, "Session token.", env="AWS_SESSION_TOKEN", secret=True)
+    region: str | None = setting(None, "Region.", env="AWS_REGION", aliases=("AWS_DEFAULT_REGION",))
+    verify_tls: bool = setting(
+        True, "Check TLS certificates (false: self-signed MinIO).", env="S3_VERIFY_TLS"
+    )
+    ca_bundle: str | None = setting(None, "CA bundle file for TLS.", env="AWS_CA_BUNDLE")
+
+    @property
+    def endpoint(self) -> str:
+        """``host:port`` (what the minio client takes)."""
+        return urlparse(self.endpoint_url).netloc
+
+    @property
+    def secure(self) -> bool:
+        return urlparse(self.endpoint_url).scheme == "https"
 
     @property
     def url(self) -> str:
