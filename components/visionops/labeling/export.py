@@ -82,8 +82,7 @@ class ImageLinker:
                 # Signing needs the region; without one minio would ask the (maybe unreachable) public endpoint.
                 settings = replace(
                     settings,
-                    endpoint=parsed.netloc,
-                    secure=parsed.scheme == "https",
+                    endpoint_url=f"{parsed.scheme}://{parsed.netloc}",
                     region=settings.region or "us-east-1",
                 )
             self._client = storage.S3Store(settings).client
