@@ -85,6 +85,8 @@ def test_fields_without_variable_are_named_by_field_and_unknown_fields_are_refus
         Demo.from_dict({"sise": 3})
     with pytest.raises(ValueError, match="must be a JSON object"):
         parse_json_object("3")
+    with pytest.raises(ConfigError, match=r"DEMO_SIZE has the wrong type: '3' \(str\)"):
+        Demo.from_dict({"size": "3"})
 
 
 def _app(seen: list) -> typer.Typer:

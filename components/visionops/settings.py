@@ -259,7 +259,11 @@ def check_value(f, value: Any) -> None:
     label = spec.env or f.name
     if spec.choices and value not in spec.choices:
         raise ConfigError(f"{label} {value!r} unknown; valid: {', '.join(spec.choices)}")
-    if spec.check is not None and not spec.check(value):
+    try:
+        ok = spec.check is None or spec.check(value)
+    except TypeError as exc:  # e.g. "3" from a YAML file compared with a number
+        raise ConfigError(f"{label} has the wrong type: {value!r} ({type(value).__name__})") from exc
+    if not ok:
         raise ConfigError(f"{label} {spec.must or 'is out of range'}, got {value!r}")
 
 
