@@ -226,6 +226,11 @@ def test_no_function_is_over_100_lines_except_declarative_tables():
         f"functions over {MAX_FUNCTION_LINES} lines (split them into named steps, or add a declarative "
         "table to LONG_FUNCTIONS with its reason):\n  " + "\n  ".join(too_long)
     )
+
+
+def test_the_long_function_allow_list_is_current():
+    """Every LONG_FUNCTIONS entry names a function that is still over the limit, and says why it may be."""
+    lengths = function_lengths()
     stale = sorted(name for name in LONG_FUNCTIONS if lengths.get(name, 0) <= MAX_FUNCTION_LINES)
     assert not stale, f"LONG_FUNCTIONS entries that no longer exist or are short now (drop them): {stale}"
-    assert all(reason.strip() for reason in LONG_FUNCTIONS.values())
+    assert all(len(reason.split()) >= 5 for reason in LONG_FUNCTIONS.values())
