@@ -1,7 +1,9 @@
 """The preprocessing spec and the one transform factory.
 
 The spec travels inside the model bundle; serving, drift and evaluation rebuild the transform from it with
-``build_transform(spec, train=False)``, so no normalisation constant is ever copied by hand.
+``build_transform(spec, train=False)``, so no normalisation constant is ever copied by hand. Training takes its
+transforms from the same factory (``train=True`` for the training split, ``train=False`` for validation) and
+caches images after :func:`resize_short_side`, the first stage both paths share.
 """
 
 from __future__ import annotations
@@ -76,31 +78,32 @@ def _interp(name: str):
     }[name]
 
 
-def build_transform(spec: PreprocessSpec, *, train: bool, augment: AugmentSpec | None = None):
-    """PIL RGB image -> normalised float tensor (C, H, W).
+#: Random-resized crops are drawn inside the evaluation crop plus this margin (not the whole resized image):
+#: with a tight crop_pct, crops drawn anywhere would often miss the object that evaluation centres on.
+TRAIN_CROP_MARGIN = 1.15
 
-    ``train=False`` is the deterministic evaluation/serving path: resize the short side to ``resize_size``,
-    centre-crop ``image_size``, normalise. ``train=True`` adds random-resized-crop, flips, colour jitter and a
-    small rotation drawn from ``augment``.
+
+def train_region(spec: PreprocessSpec) -> int:
+    """The side of the centre region training crops are drawn from: the evaluation crop plus a margin."""
+    return min(spec.resize_size, round(spec.image_size * TRAIN_CROP_MARGIN))
+
+
+def resize_short_side(spec: PreprocessSpec):
+    """The first stage of both transforms: the short side to ``spec.resize_size`` (aspect ratio kept).
+
+    Training caches its images after this stage (see :mod:`visionops.training.data`); on such an image the
+    stage is a no-op, so a cached image and the original give identical tensors.
     """
-    import torch
+    from torchvision.transforms import v2
+
+    return v2.Resize(spec.resize_size, interpolation=_interp(spec.interpolation), antialias=True)
+
+
+def _augmentations(spec: PreprocessSpec, aug: AugmentSpec) -> list:
+    """The random steps of the training transform, drawn from ``aug``."""
     from torchvision.transforms import v2
 
     interp = _interp(spec.interpolation)
-    tail = [
-        v2.ToImage(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean=list(spec.mean), std=list(spec.std)),
-    ]
-    if not train:
-        return v2.Compose(
-            [
-                v2.Resize(spec.resize_size, interpolation=interp, antialias=True),
-                v2.CenterCrop(spec.image_size),
-                *tail,
-            ]
-        )
-    aug = augment or AugmentSpec()
     steps = [v2.RandomResizedCrop(spec.image_size, scale=aug.scale, interpolation=interp, antialias=True)]
     if aug.hflip:
         steps.append(v2.RandomHorizontalFlip())
@@ -111,4 +114,26 @@ def build_transform(spec: PreprocessSpec, *, train: bool, augment: AugmentSpec |
         steps.append(v2.ColorJitter(brightness=c, contrast=c, saturation=c, hue=min(0.05, c / 4)))
     if aug.grayscale_p:
         steps.append(v2.RandomGrayscale(p=aug.grayscale_p))
-    return v2.Compose([*steps, *tail])
+    return steps
+
+
+def build_transform(spec: PreprocessSpec, *, train: bool, augment: AugmentSpec | None = None):
+    """PIL RGB image (or uint8 CHW tensor) -> normalised float tensor (C, H, W): the one transform factory.
+
+    Both paths first resize the short side to ``resize_size``. ``train=False`` is the deterministic
+    evaluation/serving path: centre-crop ``image_size``, normalise. ``train=True`` takes the centre region
+    (:func:`train_region`), then a random-resized crop, flips, colour jitter and a small rotation drawn from
+    ``augment``, then normalises.
+    """
+    import torch
+    from torchvision.transforms import v2
+
+    tail = [
+        v2.ToImage(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean=list(spec.mean), std=list(spec.std)),
+    ]
+    if not train:
+        return v2.Compose([resize_short_side(spec), v2.CenterCrop(spec.image_size), *tail])
+    steps = _augmentations(spec, augment or AugmentSpec())
+    return v2.Compose([resize_short_side(spec), v2.CenterCrop(train_region(spec)), *steps, *tail])

@@ -30,6 +30,7 @@ from visionops import storage
 from visionops.data.manifest import CORE_COLUMNS, INFO_COLUMNS, SPLITS, Dataset, load_dataset, write_dataset
 from visionops.errors import ConfigError, DataError, ImageError, StorageError
 from visionops.images import DEFAULT_LIMITS, ImageLimits, decode_image
+from visionops.policy import NEGATIVE_CLASS, POSITIVE_CLASS
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ def discover(source: str) -> tuple[list[SourceItem], list[str], str]:
     if not items:
         raise DataError(
             f"no images found under {source}: expected one folder per class "
-            f"(e.g. {storage.join(source, 'glasses')}/*.jpg and {storage.join(source, 'no_glasses')}/*.jpg) "
+            f"(e.g. {storage.join(source, POSITIVE_CLASS)}/*.jpg and {storage.join(source, NEGATIVE_CLASS)}/*.jpg) "
             "or a labels CSV"
         )
     return items, [], "imagefolder"
@@ -312,6 +313,7 @@ def assign_splits(labels: list[str], groups: list[str], fractions: dict[str, flo
 
 # -- the stage ----------------------------------------------------------------------------------------------
 def _check_fractions(val_fraction: float, test_fraction: float) -> None:
+    """Refuse split fractions that leave no room for train."""
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise ConfigError(
             f"val_fraction={val_fraction}, test_fraction={test_fraction}: each must be in [0, 1) and their "
@@ -322,6 +324,7 @@ def _check_fractions(val_fraction: float, test_fraction: float) -> None:
 def _run_parallel(
     items: list[SourceItem], staging: Path, limits: ImageLimits, workers: int, progress: bool
 ) -> list[Processed]:
+    """Process every item in threads (I/O and decoding release the GIL); results in completion order."""
     from tqdm import tqdm
 
     results: list[Processed] = []
@@ -352,9 +355,217 @@ def _upload(staging: Path, rels: list[str], output: str, workers: int, progress:
 
 
 def _default_positive(classes: list[str]) -> str | None:
-    if "glasses" in classes:
-        return "glasses"
+    """POSITIVE_CLASS when present; else the second of two classes; else None (the user must name it)."""
+    if POSITIVE_CLASS in classes:
+        return POSITIVE_CLASS
     return classes[1] if len(classes) == 2 else None
+
+
+@dataclass
+class Found:
+    """What ingestion will look at: the source's items, the golden items, and where they came from."""
+
+    items: list[SourceItem]
+    gold: list[SourceItem]
+    metadata_cols: list[str]
+    kind: str  # csv or imagefolder
+    old_golden_version: str | None
+
+
+@dataclass
+class Triage:
+    """The processed images sorted out: those to place (golden, forced into test, new) and those refused."""
+
+    results: list[Processed]
+    golden: list[Processed]
+    forced_test: list[Processed]
+    new: list[Processed]
+    quarantine: list[dict]
+    duplicates: list[dict]
+    conflicts: list[dict]
+
+
+def _find_items(source: str, golden: str | None) -> Found:
+    """List the source's images (at least two classes) and, with ``golden``, the golden items."""
+    items, metadata_cols, kind = discover(source)
+    found_classes = sorted({i.label for i in items if i.label})
+    if len(found_classes) < 2:
+        raise DataError(
+            f"found {len(found_classes)} class(es) {found_classes} under {source}: a classifier needs at least 2 "
+            "(one folder per class, or two distinct labels in the CSV)"
+        )
+    gold: list[SourceItem] = []
+    old_golden_version = None
+    if golden:
+        gold, gold_meta_cols, old_golden_version = golden_items(golden)
+        metadata_cols += [c for c in gold_meta_cols if c not in metadata_cols]
+    log.info("ingesting %d images (%d golden) from %s", len(items), len(gold), source)
+    return Found(items, gold, metadata_cols, kind, old_golden_version)
+
+
+def _require_intact_golden(results: list[Processed], golden: str | None) -> None:
+    """Every golden image must still be usable: the golden set never silently shrinks."""
+    bad_gold = [p for p in results if p.item.golden and p.error]
+    if bad_gold:
+        raise DataError(
+            f"golden set {golden}: {len(bad_gold)} image(s) cannot be used, e.g. {bad_gold[0].item.uri}: "
+            f"{bad_gold[0].error}. The golden set must stay intact; restore those files"
+        )
+
+
+def _triage(results: list[Processed], extend_golden: bool) -> Triage:
+    """Quarantine unusable images and label conflicts, drop duplicates, and route new images.
+
+    A new image of a person (group) in the golden set joins the test split with ``extend_golden`` and is
+    quarantined otherwise (in train/val it would leak that person into training).
+    """
+    quarantine = [{"path": p.item.uri, "label": p.item.label, "reason": p.error} for p in results if p.error]
+    kept, duplicates, conflicts, refused = _resolve_duplicates([p for p in results if not p.error])
+    quarantine += refused
+    golden_groups = {p.item.group for p in kept if p.item.golden and p.item.group}
+    new, forced_test = [], []
+    for p in kept:
+        if p.item.golden:
+            continue
+        if p.item.group and p.item.group in golden_groups:
+            if extend_golden:
+                forced_test.append(p)
+            else:
+                quarantine.append(
+                    {
+                        "path": p.item.uri,
+                        "label": p.item.label,
+                        "reason": f"group {p.item.group!r} is in the golden test set; its new "
+                        "images cannot go to train/val without leakage "
+                        "(use --extend-golden to add them to the golden set)",
+                    }
+                )
+            continue
+        new.append(p)
+    golden_kept = [p for p in kept if p.item.golden]
+    return Triage(results, golden_kept, forced_test, new, quarantine, duplicates, conflicts)
+
+
+def _split_fractions(
+    golden: str | None, extend_golden: bool, val_fraction: float, test_fraction: float
+) -> dict[str, float]:
+    """The shares new images are split by: train/val only while a golden set is kept as it is."""
+    if golden and not extend_golden:
+        rest = 1.0 - test_fraction
+        return {"train": (1.0 - val_fraction - test_fraction) / rest, "val": val_fraction / rest}
+    return {"train": 1.0 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
+
+
+def _place(
+    triage: Triage, fractions: dict[str, float], seed: int, source: str
+) -> list[tuple[Processed, str]]:
+    """(image, split) pairs: golden and forced images in test, new images split by ``fractions``."""
+    new = triage.new
+    new_splits = assign_splits([p.item.label for p in new], [p.item.group for p in new], fractions, seed)
+    placed = (
+        [(p, "test") for p in triage.golden]
+        + [(p, "test") for p in triage.forced_test]
+        + list(zip(new, new_splits, strict=True))
+    )
+    if not placed:
+        quarantine = triage.quarantine
+        raise DataError(
+            f"no usable images under {source}: all {len(triage.results)} were quarantined "
+            f"(e.g. {quarantine[0]['path']}: {quarantine[0]['reason']})"
+        )
+    return placed
+
+
+def _ingest_report(
+    source: str,
+    found: Found,
+    triage: Triage,
+    frame,
+    *,
+    golden: str | None,
+    extend_golden: bool,
+    started: float,
+) -> dict[str, Any]:
+    """The ingest_report.json content: counts, quarantine reasons, duplicates, conflicts, golden-set facts."""
+    quarantine, duplicates = triage.quarantine, triage.duplicates
+    return {
+        "source": str(source),
+        "source_kind": found.kind,
+        "found": len(found.items),
+        "usable": len(frame),
+        "quarantined": len(quarantine),
+        "quarantine_reasons": dict(Counter(_reason_kind(q["reason"]) for q in quarantine)),
+        "duplicates": duplicates,
+        "duplicates_dropped": sum(len(d["dropped"]) for d in duplicates),
+        "conflicts": triage.conflicts,
+        "golden": {
+            "source": golden,
+            "images": len(found.gold),
+            "previous_version": found.old_golden_version,
+            "extended": extend_golden,
+            "added": int((frame["split"] == "test").sum()) - len(found.gold) if golden else 0,
+        },
+        "seconds": round(time.monotonic() - started, 3),
+    }
+
+
+def _dataset_meta(
+    source: str,
+    classes: list[str],
+    report: dict[str, Any],
+    frame,
+    *,
+    positive_class: str | None,
+    golden: str | None,
+    extend_golden: bool,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+) -> dict[str, Any]:
+    """The dataset.json content (without the versions write_dataset adds); checks the positive class."""
+    meta: dict[str, Any] = {
+        "source": str(source),
+        "classes": classes,
+        "positive_class": positive_class or _default_positive(classes),
+        "splits": {
+            "val_fraction": val_fraction,
+            "test_fraction": test_fraction,
+            "seed": seed,
+            "group_aware": bool((frame["group"] != "").any()),
+        },
+        "golden_source": golden,
+        "extend_golden": extend_golden,
+        "ingest": {k: report[k] for k in ("found", "usable", "quarantined", "duplicates_dropped")}
+        | {"conflicts": len(report["conflicts"])},
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if meta["positive_class"] not in classes and meta["positive_class"] is not None:
+        raise ConfigError(f"positive_class={positive_class!r} is not one of the classes {classes}")
+    return meta
+
+
+def _publish(
+    frame,
+    meta: dict[str, Any],
+    quarantine: list[dict],
+    placed: list[tuple[Processed, str]],
+    staging: Path,
+    output: str,
+    *,
+    workers: int,
+    progress: bool,
+) -> Dataset:
+    """The staged images and the report go to ``output``, then the manifest (dataset.json last)."""
+    import pandas as pd
+
+    q_frame = pd.DataFrame(quarantine, columns=["path", "label", "reason"])
+    rels = sorted({p.rel for p, _ in placed})
+    extra = {REPORT: staging / REPORT}
+    if storage.is_remote(output):
+        _upload(staging, rels, output, workers, progress)
+    else:
+        extra.update({rel: staging / rel for rel in rels})
+    return write_dataset(frame, meta, _output_root(output), quarantine=q_frame, extra_files=extra)
 
 
 def ingest(
@@ -376,135 +587,46 @@ def ingest(
     Without ``golden`` the images are split train/val/test by the fractions. With ``golden`` its test images
     stay the test split and new images go to train/val only (``extend_golden=True`` lets a ``test_fraction``
     of them, and new images of golden people, join the golden set).
+
+    The steps: find the items, process them (hash, decode check, stage), sort them out (quarantine,
+    duplicates, golden people), place them in splits, build the manifest and report, publish.
     """
     _check_fractions(val_fraction, test_fraction)
     started = time.monotonic()
-    items, metadata_cols, kind = discover(source)
-    found_classes = sorted({i.label for i in items if i.label})
-    if len(found_classes) < 2:
-        raise DataError(
-            f"found {len(found_classes)} class(es) {found_classes} under {source}: a classifier needs at least 2 "
-            "(one folder per class, or two distinct labels in the CSV)"
-        )
-    gold: list[SourceItem] = []
-    old_golden_version = None
-    if golden:
-        gold, gold_meta_cols, old_golden_version = golden_items(golden)
-        metadata_cols += [c for c in gold_meta_cols if c not in metadata_cols]
-    log.info("ingesting %d images (%d golden) from %s", len(items), len(gold), source)
-
+    found = _find_items(source, golden)
     with tempfile.TemporaryDirectory(prefix="visionops-ingest-") as tmp:
         staging = Path(tmp)
-        results = _run_parallel(gold + items, staging, limits, workers, progress)
-        bad_gold = [p for p in results if p.item.golden and p.error]
-        if bad_gold:
-            raise DataError(
-                f"golden set {golden}: {len(bad_gold)} image(s) cannot be used, e.g. {bad_gold[0].item.uri}: "
-                f"{bad_gold[0].error}. The golden set must stay intact; restore those files"
-            )
-        quarantine = [
-            {"path": p.item.uri, "label": p.item.label, "reason": p.error} for p in results if p.error
-        ]
-        kept, duplicates, conflicts, refused = _resolve_duplicates([p for p in results if not p.error])
-        quarantine += refused
-
-        golden_groups = {p.item.group for p in kept if p.item.golden and p.item.group}
-        new = []
-        forced_test = []
-        for p in kept:
-            if p.item.golden:
-                continue
-            if p.item.group and p.item.group in golden_groups:
-                if extend_golden:
-                    forced_test.append(p)
-                else:
-                    quarantine.append(
-                        {
-                            "path": p.item.uri,
-                            "label": p.item.label,
-                            "reason": f"group {p.item.group!r} is in the golden test set; its new "
-                            "images cannot go to train/val without leakage "
-                            "(use --extend-golden to add them to the golden set)",
-                        }
-                    )
-                continue
-            new.append(p)
-
-        if golden and not extend_golden:
-            rest = 1.0 - test_fraction
-            fractions = {"train": (1.0 - val_fraction - test_fraction) / rest, "val": val_fraction / rest}
-        else:
-            fractions = {
-                "train": 1.0 - val_fraction - test_fraction,
-                "val": val_fraction,
-                "test": test_fraction,
-            }
-        new_splits = assign_splits([p.item.label for p in new], [p.item.group for p in new], fractions, seed)
-        placed = (
-            [(p, "test") for p in kept if p.item.golden]
-            + [(p, "test") for p in forced_test]
-            + list(zip(new, new_splits, strict=True))
-        )
-        if not placed:
-            raise DataError(
-                f"no usable images under {source}: all {len(results)} were quarantined "
-                f"(e.g. {quarantine[0]['path']}: {quarantine[0]['reason']})"
-            )
-        frame = _build_frame(placed, output, metadata_cols)
+        results = _run_parallel(found.gold + found.items, staging, limits, workers, progress)
+        _require_intact_golden(results, golden)
+        triage = _triage(results, extend_golden)
+        fractions = _split_fractions(golden, extend_golden, val_fraction, test_fraction)
+        placed = _place(triage, fractions, seed, source)
+        frame = _build_frame(placed, output, found.metadata_cols)
         classes = sorted(frame["label"].unique())
         if len(classes) < 2:
             raise DataError(f"only class(es) {classes} have usable images after quarantine; need at least 2")
-        report = {
-            "source": str(source),
-            "source_kind": kind,
-            "found": len(items),
-            "usable": len(frame),
-            "quarantined": len(quarantine),
-            "quarantine_reasons": dict(Counter(_reason_kind(q["reason"]) for q in quarantine)),
-            "duplicates": duplicates,
-            "duplicates_dropped": sum(len(d["dropped"]) for d in duplicates),
-            "conflicts": conflicts,
-            "golden": {
-                "source": golden,
-                "images": len(gold),
-                "previous_version": old_golden_version,
-                "extended": extend_golden,
-                "added": int((frame["split"] == "test").sum()) - len(gold) if golden else 0,
-            },
-            "seconds": round(time.monotonic() - started, 3),
-        }
+        report = _ingest_report(
+            source, found, triage, frame, golden=golden, extend_golden=extend_golden, started=started
+        )
         (staging / REPORT).write_text(json.dumps(report, indent=2))
-        meta: dict[str, Any] = {
-            "source": str(source),
-            "classes": classes,
-            "positive_class": positive_class or _default_positive(classes),
-            "splits": {
-                "val_fraction": val_fraction,
-                "test_fraction": test_fraction,
-                "seed": seed,
-                "group_aware": bool((frame["group"] != "").any()),
-            },
-            "golden_source": golden,
-            "extend_golden": extend_golden,
-            "ingest": {k: report[k] for k in ("found", "usable", "quarantined", "duplicates_dropped")}
-            | {"conflicts": len(conflicts)},
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        if meta["positive_class"] not in classes and meta["positive_class"] is not None:
-            raise ConfigError(f"positive_class={positive_class!r} is not one of the classes {classes}")
-        import pandas as pd
-
-        q_frame = pd.DataFrame(quarantine, columns=["path", "label", "reason"])
-        rels = sorted({p.rel for p, _ in placed})
-        extra = {REPORT: staging / REPORT}
-        if storage.is_remote(output):
-            _upload(staging, rels, output, workers, progress)
-        else:
-            extra.update({rel: staging / rel for rel in rels})
-        dataset = write_dataset(frame, meta, _output_root(output), quarantine=q_frame, extra_files=extra)
-    if golden and not extend_golden and dataset.golden_version != old_golden_version:
+        meta = _dataset_meta(
+            source,
+            classes,
+            report,
+            frame,
+            positive_class=positive_class,
+            golden=golden,
+            extend_golden=extend_golden,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            seed=seed,
+        )
+        dataset = _publish(
+            frame, meta, triage.quarantine, placed, staging, output, workers=workers, progress=progress
+        )
+    if golden and not extend_golden and dataset.golden_version != found.old_golden_version:
         raise DataError(
-            f"golden version changed ({old_golden_version} -> {dataset.golden_version}) "
+            f"golden version changed ({found.old_golden_version} -> {dataset.golden_version}) "
             "although extend_golden is off: please report this bug"
         )
     log.info("dataset %s (golden %s) written to %s", dataset.version, dataset.golden_version, output)

@@ -24,11 +24,11 @@ from typing import Any
 
 from visionops import storage
 from visionops.errors import ConfigError
+from visionops.policy import NEGATIVE_CLASS, POSITIVE_CLASS
 
 log = logging.getLogger(__name__)
 
-CLASSES = ("glasses", "no_glasses")
-POSITIVE_CLASS = "glasses"
+CLASSES = (POSITIVE_CLASS, NEGATIVE_CLASS)
 SHIFTS = ("dark", "blur", "greyscale", "new_hair", "new_background")
 SPURIOUS = ("red_hair",)
 IMAGES_PER_PERSON = 4
@@ -497,7 +497,7 @@ def plan(
             **shot,
             shift=shift if shift in ("dark", "blur", "greyscale") else None,
         )
-        label = "glasses" if labels[i] else "no_glasses"
+        label = POSITIVE_CLASS if labels[i] else NEGATIVE_CLASS
         rows.append((f"img_{i:05d}", label, params))
     return rows
 
@@ -552,6 +552,6 @@ def generate(
             writer.writeheader()
             writer.writerows(records)
         storage.publish_dir(root, str(output), LABELS_CSV)
-    n_pos = sum(r[1] == "glasses" for r in rows)
+    n_pos = sum(r[1] == POSITIVE_CLASS for r in rows)
     log.info("wrote %d synthetic images (%d glasses) to %s", len(rows), n_pos, output)
     return str(output)

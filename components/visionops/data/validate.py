@@ -6,7 +6,9 @@ class, duplicates and leakage across splits (by sha256 and by group), quarantine
 every metadata column: a slice where one label dominates beyond chance (the "the only red-haired workers all
 wear glasses" trap) is flagged, because a model would learn the shortcut.
 
-Hard failures are configured by :class:`ValidationPolicy`; :meth:`ValidationReport.raise_for_failures` raises
+The checks are data: :data:`CHECKS` is a list of named :class:`Check` records, each a small function from the
+gathered :class:`Facts` to the problems it finds, run in order by :func:`run_checks`. Hard failures are
+configured by :class:`ValidationPolicy`; :meth:`ValidationReport.raise_for_failures` raises
 :class:`~visionops.errors.ValidationFailed` with messages that say what to fix.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -210,13 +213,7 @@ def slice_coverage(frame, columns: list[str], policy: ValidationPolicy) -> tuple
     return rows, notes
 
 
-# -- the checks ---------------------------------------------------------------------------------------------
-def _check(checks: list, failures: list, warnings: list, name: str, problems: list[str], hard: bool) -> None:
-    status = "pass" if not problems else ("fail" if hard else "warn")
-    checks.append({"check": name, "status": status, "detail": "; ".join(problems) if problems else "ok"})
-    (failures if hard else warnings).extend(problems)
-
-
+# -- the facts the checks read ---------------------------------------------------------------------------------
 def _leakage(frame) -> dict[str, Any]:
     by_sha = frame.groupby("sha256")
     multi = by_sha.filter(lambda g: len(g) > 1)
@@ -255,23 +252,29 @@ def _read_quarantine(uri: str):
     return pd.read_csv(io.BytesIO(storage.read_bytes(path)), dtype=str, keep_default_na=False)
 
 
-def validate(
-    dataset_uri: str, output: str | None = None, *, policy: ValidationPolicy = ValidationPolicy()
-) -> ValidationReport:
-    """Validate the dataset at ``dataset_uri`` (its directory or its manifest.csv) against ``policy``.
+@dataclass
+class Facts:
+    """Everything the checks and the report read, gathered once from the dataset (and a pixel sample)."""
 
-    With ``output`` (local or ``s3://``) writes validation.md, validation.html and validation.json (last).
-    Never raises for a failed check: look at ``report.passed`` or call ``report.raise_for_failures()``.
-    """
-    uri = str(dataset_uri)
-    if uri.endswith("/" + MANIFEST) or uri == MANIFEST:
-        uri = uri[: -len(MANIFEST)].rstrip("/") or "."
-    dataset = load_dataset(uri)
+    frame: Any
+    classes: list[str]
+    counts: dict[str, dict[str, int]]  # split -> class -> images
+    totals: dict[str, int]  # class -> images
+    imbalance: float
+    leak: dict[str, Any]
+    quarantine: Any
+    quarantine_share: float
+    quarantine_reasons: Counter
+    pixels: dict[str, dict[str, float]]
+    brightness: dict[str, list]
+    unreadable: list[dict]
+    slices: list[dict]
+    slice_notes: list[dict]
+
+
+def gather_facts(dataset, uri: str, policy: ValidationPolicy) -> Facts:
+    """Counts, leakage, quarantine, a pixel sample and slice coverage of ``dataset`` (read from ``uri``)."""
     frame = dataset.frame
-    checks: list[dict[str, str]] = []
-    failures: list[str] = []
-    warnings: list[str] = []
-
     counts = {
         s: {
             str(k): int(v) for k, v in frame[frame["split"] == s]["label"].value_counts().sort_index().items()
@@ -280,144 +283,226 @@ def validate(
     }
     totals = {str(k): int(v) for k, v in frame["label"].value_counts().sort_index().items()}
     classes = sorted(set(dataset.classes) | set(totals))
-    imbalance = max(totals.values()) / max(1, min(totals.get(c, 0) for c in classes))
+    quarantine = _read_quarantine(uri)
+    pixels, brightness, unreadable = _sample_pixels(frame, policy)
+    slices, notes = slice_coverage(frame, dataset.metadata_columns, policy)
+    return Facts(
+        frame=frame,
+        classes=classes,
+        counts=counts,
+        totals=totals,
+        imbalance=max(totals.values()) / max(1, min(totals.get(c, 0) for c in classes)),
+        leak=_leakage(frame),
+        quarantine=quarantine,
+        quarantine_share=len(quarantine) / max(1, len(quarantine) + len(frame)),
+        quarantine_reasons=Counter(r.split(":", 1)[0].strip() for r in quarantine.get("reason", [])),
+        pixels=pixels,
+        brightness=brightness,
+        unreadable=unreadable,
+        slices=slices,
+        slice_notes=notes,
+    )
 
-    small = [
-        f"class {c!r} has {totals.get(c, 0)} images, fewer than the required {policy.min_images_per_class}: "
+
+# -- the checks: each returns the problems it finds (messages that say what to fix) -------------------------------
+def _too_few_images(f: Facts, policy: ValidationPolicy) -> list[str]:
+    return [
+        f"class {c!r} has {f.totals.get(c, 0)} images, fewer than the required {policy.min_images_per_class}: "
         f"add more {c!r} images (or lower --min-per-class)"
-        for c in classes
-        if totals.get(c, 0) < policy.min_images_per_class
+        for c in f.classes
+        if f.totals.get(c, 0) < policy.min_images_per_class
     ]
-    _check(checks, failures, warnings, "images per class", small, hard=True)
 
+
+def _classes_missing_from_splits(f: Facts, policy: ValidationPolicy) -> list[str]:
     missing = [
         f"class {c!r} has no images in the {s} split: add {c!r} images or change the split fractions"
         for s in SPLITS
-        for c in classes
-        if not counts[s].get(c) and len(frame[frame["split"] == s])
+        for c in f.classes
+        if not f.counts[s].get(c) and len(f.frame[f.frame["split"] == s])
     ]
-    missing += [f"the {s} split is empty" for s in ("train", "test") if not counts[s]]
-    _check(
-        checks, failures, warnings, "classes in every split", missing, hard=policy.fail_on_missing_split_class
-    )
+    return missing + [f"the {s} split is empty" for s in ("train", "test") if not f.counts[s]]
 
-    unbalanced = (
-        [
-            f"class imbalance {imbalance:.1f}:1 (limit {policy.max_imbalance_ratio:g}): collect more images "
-            f"of {min(totals, key=totals.get)!r} or weight the classes in training"
-        ]
-        if imbalance > policy.max_imbalance_ratio
-        else []
-    )
-    _check(checks, failures, warnings, "class balance", unbalanced, hard=False)
 
-    leak = _leakage(frame)
-    conflict_msgs = (
-        [
-            f"{len(leak['label_conflicts'])} image(s) have identical bytes but different labels (e.g. "
-            f"sha256 {leak['label_conflicts'][0]['sha256'][:12]} labelled "
-            f"{' and '.join(leak['label_conflicts'][0]['labels'])}): fix the labels and re-ingest"
-        ]
-        if leak["label_conflicts"]
-        else []
-    )
-    _check(checks, failures, warnings, "label conflicts", conflict_msgs, hard=policy.fail_on_conflicts)
-    leak_msgs = []
-    if leak["sha256_across_splits"]:
-        first = leak["sha256_across_splits"][0]
-        leak_msgs.append(
-            f"{len(leak['sha256_across_splits'])} image(s) appear in more than one split by sha256 "
-            f"(e.g. {first['sha256'][:12]} in {' and '.join(first['splits'])}): re-ingest with "
+def _imbalance(f: Facts, policy: ValidationPolicy) -> list[str]:
+    if f.imbalance <= policy.max_imbalance_ratio:
+        return []
+    return [
+        f"class imbalance {f.imbalance:.1f}:1 (limit {policy.max_imbalance_ratio:g}): collect more images "
+        f"of {min(f.totals, key=f.totals.get)!r} or weight the classes in training"
+    ]
+
+
+def _label_conflicts(f: Facts, policy: ValidationPolicy) -> list[str]:
+    conflicts = f.leak["label_conflicts"]
+    if not conflicts:
+        return []
+    return [
+        f"{len(conflicts)} image(s) have identical bytes but different labels (e.g. "
+        f"sha256 {conflicts[0]['sha256'][:12]} labelled "
+        f"{' and '.join(conflicts[0]['labels'])}): fix the labels and re-ingest"
+    ]
+
+
+def _leakage_across_splits(f: Facts, policy: ValidationPolicy) -> list[str]:
+    by_sha, by_group = f.leak["sha256_across_splits"], f.leak["groups_across_splits"]
+    problems = []
+    if by_sha:
+        problems.append(
+            f"{len(by_sha)} image(s) appear in more than one split by sha256 "
+            f"(e.g. {by_sha[0]['sha256'][:12]} in {' and '.join(by_sha[0]['splits'])}): re-ingest with "
             "`visionops data ingest` (it keeps one copy) or remove the copies"
         )
-    if leak["groups_across_splits"]:
-        first = leak["groups_across_splits"][0]
-        leak_msgs.append(
-            f"{len(leak['groups_across_splits'])} group(s) appear in more than one split (e.g. "
-            f"{first['group']!r} in {' and '.join(first['splits'])}): the same person in train and "
+    if by_group:
+        problems.append(
+            f"{len(by_group)} group(s) appear in more than one split (e.g. "
+            f"{by_group[0]['group']!r} in {' and '.join(by_group[0]['splits'])}): the same person in train and "
             "test inflates the scores; re-ingest (splits are group-aware)"
         )
-    _check(checks, failures, warnings, "leakage across splits", leak_msgs, hard=policy.fail_on_leakage)
-    dups = (
-        [
-            f"{len(leak['duplicates_same_split'])} exact duplicate image(s) within a split: they over-weight "
-            "those images; re-ingest to keep one copy"
-        ]
-        if leak["duplicates_same_split"]
-        else []
-    )
-    _check(checks, failures, warnings, "duplicates", dups, hard=False)
+    return problems
 
-    quarantine = _read_quarantine(uri)
-    q_share = len(quarantine) / max(1, len(quarantine) + len(frame))
-    reasons = Counter(r.split(":", 1)[0].strip() for r in quarantine.get("reason", []))
-    q_msgs = (
-        [
-            f"{len(quarantine)} source file(s) ({q_share:.1%}) were quarantined (top reasons: "
-            f"{', '.join(f'{r} x{n}' for r, n in reasons.most_common(3))}): see quarantine.csv and fix or "
-            "remove them at the source"
-        ]
-        if q_share > policy.max_quarantine_share
-        else []
-    )
-    _check(checks, failures, warnings, "quarantined files", q_msgs, hard=False)
 
-    pixels, brightness, unreadable = _sample_pixels(frame, policy)
-    _check(
-        checks,
-        failures,
-        warnings,
-        "images readable",
-        [
-            f"{len(unreadable)} manifest image(s) cannot be read or decoded (e.g. {unreadable[0]['path']}: "
-            f"{unreadable[0]['reason']}): re-ingest the dataset"
-        ]
-        if unreadable
-        else [],
-        hard=True,
-    )
+def _duplicates(f: Facts, policy: ValidationPolicy) -> list[str]:
+    if not f.leak["duplicates_same_split"]:
+        return []
+    return [
+        f"{len(f.leak['duplicates_same_split'])} exact duplicate image(s) within a split: they over-weight "
+        "those images; re-ingest to keep one copy"
+    ]
 
-    slices, notes = slice_coverage(frame, dataset.metadata_columns, policy)
-    flagged = [s for s in slices if s["flagged"]]
-    slice_msgs = [
+
+def _quarantined(f: Facts, policy: ValidationPolicy) -> list[str]:
+    if f.quarantine_share <= policy.max_quarantine_share:
+        return []
+    top = ", ".join(f"{r} x{n}" for r, n in f.quarantine_reasons.most_common(3))
+    return [
+        f"{len(f.quarantine)} source file(s) ({f.quarantine_share:.1%}) were quarantined (top reasons: "
+        f"{top}): see quarantine.csv and fix or remove them at the source"
+    ]
+
+
+def _unreadable(f: Facts, policy: ValidationPolicy) -> list[str]:
+    if not f.unreadable:
+        return []
+    first = f.unreadable[0]
+    return [
+        f"{len(f.unreadable)} manifest image(s) cannot be read or decoded (e.g. {first['path']}: "
+        f"{first['reason']}): re-ingest the dataset"
+    ]
+
+
+def _dominated_slices(f: Facts, policy: ValidationPolicy) -> list[str]:
+    problems = [
         f"slice {s['column']}={s['value']}: {s['labels'][s['dominant_label']]} of {s['images']} images are "
         f"{s['dominant_label']!r} ({s['dominant_share']:.0%}, p={s['p_value']:.2g}): a model may learn "
         f"'{s['column']}={s['value']} -> {s['dominant_label']}'. Collect {s['column']}={s['value']} images of the "
         "other class(es)"
-        for s in flagged
+        for s in f.slices
+        if s["flagged"]
     ]
-    slice_msgs += [
+    return problems + [
         f"column {n['column']!r} {n['note']}: check that it is not a shortcut (or add it to label_columns)"
-        for n in notes
+        for n in f.slice_notes
         if n.get("warn")
     ]
-    _check(checks, failures, warnings, "slice coverage", slice_msgs, hard=policy.fail_on_dominated_slices)
 
-    stats = {
-        "images": len(frame),
-        "classes": classes,
-        "counts": counts,
-        "totals": totals,
-        "imbalance_ratio": round(imbalance, 3),
+
+@dataclass(frozen=True)
+class Check:
+    """One named check: ``problems`` lists what it finds; ``hard`` says whether that fails the dataset.
+
+    ``hard`` is True/False, or the name of the :class:`ValidationPolicy` flag that decides it.
+    """
+
+    name: str
+    problems: Callable[[Facts, ValidationPolicy], list[str]]
+    hard: bool | str
+
+    def is_hard(self, policy: ValidationPolicy) -> bool:
+        return self.hard if isinstance(self.hard, bool) else bool(getattr(policy, self.hard))
+
+
+#: The checks, in report order.
+CHECKS: tuple[Check, ...] = (
+    Check("images per class", _too_few_images, hard=True),
+    Check("classes in every split", _classes_missing_from_splits, hard="fail_on_missing_split_class"),
+    Check("class balance", _imbalance, hard=False),
+    Check("label conflicts", _label_conflicts, hard="fail_on_conflicts"),
+    Check("leakage across splits", _leakage_across_splits, hard="fail_on_leakage"),
+    Check("duplicates", _duplicates, hard=False),
+    Check("quarantined files", _quarantined, hard=False),
+    Check("images readable", _unreadable, hard=True),
+    Check("slice coverage", _dominated_slices, hard="fail_on_dominated_slices"),
+)
+
+
+def run_checks(
+    facts: Facts, policy: ValidationPolicy, checks: tuple[Check, ...] = CHECKS
+) -> tuple[list[dict[str, str]], list[str], list[str]]:
+    """Run ``checks`` in order: ``(check rows for the report, failures, warnings)``."""
+    rows: list[dict[str, str]] = []
+    failures: list[str] = []
+    warnings: list[str] = []
+    for check in checks:
+        problems = check.problems(facts, policy)
+        hard = check.is_hard(policy)
+        status = "pass" if not problems else ("fail" if hard else "warn")
+        rows.append(
+            {"check": check.name, "status": status, "detail": "; ".join(problems) if problems else "ok"}
+        )
+        (failures if hard else warnings).extend(problems)
+    return rows, failures, warnings
+
+
+def _stats(f: Facts, metadata_columns: list[str]) -> dict[str, Any]:
+    """The report's statistics section."""
+    return {
+        "images": len(f.frame),
+        "classes": f.classes,
+        "counts": f.counts,
+        "totals": f.totals,
+        "imbalance_ratio": round(f.imbalance, 3),
         "imbalance_by_split": {
-            s: round(max(c.values()) / max(1, min(c.get(k, 0) for k in classes)), 3)
-            for s, c in counts.items()
+            s: round(max(c.values()) / max(1, min(c.get(k, 0) for k in f.classes)), 3)
+            for s, c in f.counts.items()
             if c
         },
-        "sizes": _sizes(frame),
-        "pixels": pixels,
-        "leakage": leak,
-        "unreadable": unreadable[:20],
+        "sizes": _sizes(f.frame),
+        "pixels": f.pixels,
+        "leakage": f.leak,
+        "unreadable": f.unreadable[:20],
         "quarantine": {
-            "files": len(quarantine),
-            "share": round(q_share, 4),
-            "reasons": dict(reasons),
-            "examples": quarantine.head(20).to_dict("records"),
+            "files": len(f.quarantine),
+            "share": round(f.quarantine_share, 4),
+            "reasons": dict(f.quarantine_reasons),
+            "examples": f.quarantine.head(20).to_dict("records"),
         },
-        "slices": slices,
-        "slice_notes": notes,
-        "metadata_columns": dataset.metadata_columns,
+        "slices": f.slices,
+        "slice_notes": f.slice_notes,
+        "metadata_columns": metadata_columns,
     }
+
+
+def _dataset_root(dataset_uri: str) -> str:
+    """The dataset directory for a URI that names it or its manifest.csv."""
+    uri = str(dataset_uri)
+    if uri.endswith("/" + MANIFEST) or uri == MANIFEST:
+        uri = uri[: -len(MANIFEST)].rstrip("/") or "."
+    return uri
+
+
+def validate(
+    dataset_uri: str, output: str | None = None, *, policy: ValidationPolicy = ValidationPolicy()
+) -> ValidationReport:
+    """Validate the dataset at ``dataset_uri`` (its directory or its manifest.csv) against ``policy``.
+
+    With ``output`` (local or ``s3://``) writes validation.md, validation.html and validation.json (last).
+    Never raises for a failed check: look at ``report.passed`` or call ``report.raise_for_failures()``.
+    """
+    uri = _dataset_root(dataset_uri)
+    dataset = load_dataset(uri)
+    facts = gather_facts(dataset, uri, policy)
+    checks, failures, warnings = run_checks(facts, policy)
     report = ValidationReport(
         dataset_uri=uri,
         dataset_version=dataset.version,
@@ -426,11 +511,11 @@ def validate(
         failures=failures,
         warnings=warnings,
         checks=checks,
-        stats=stats,
+        stats=_stats(facts, dataset.metadata_columns),
         policy={k: list(v) if isinstance(v, tuple) else v for k, v in asdict(policy).items()},
     )
     if output:
-        report.outputs = write_report(report, brightness, str(output))
+        report.outputs = write_report(report, facts.brightness, str(output))
     log.info(
         "validation of %s: %s (%d failures, %d warnings)",
         uri,

@@ -8,6 +8,8 @@ from datetime import timedelta
 
 import typer
 
+from visionops.policy import TARGET_PRECISION
+
 label_app = typer.Typer(
     help="The labeling loop: choose captured images for review, pre-label them with the champion, export "
     "tasks (Label Studio / CSV), import the reviewed labels and merge them into the next dataset version.",
@@ -129,7 +131,7 @@ def import_cmd(
     ),
     format: str = typer.Option("label-studio", "--format", help="label-studio or csv."),
     target_precision: float = typer.Option(
-        0.95, "--target-precision", help="Precision target of the positive class."
+        TARGET_PRECISION, "--target-precision", help="Precision target of the positive class."
     ),
 ) -> None:
     """Validate reviewed labels, report the model's agreement with people, write the labeled batch."""

@@ -41,6 +41,7 @@ from visionops.errors import ConfigError, DataError
 from visionops.labeling.artifact import Selection, csv_bytes, load_selection, parallel_map, read_csv
 from visionops.labeling.export import FROM_NAME
 from visionops.labeling.select import REASON_RANDOM, REASON_UNCERTAIN
+from visionops.policy import TARGET_PRECISION, default_positive_class
 
 log = logging.getLogger(__name__)
 
@@ -375,33 +376,26 @@ def render_html(report: dict[str, Any]) -> str:
 
 
 # -- the import ---------------------------------------------------------------------------------------------------
-def import_reviews(
-    export_uri: str,
-    *,
-    selection_uri: str,
-    output: str,
-    format: str = "label-studio",
-    target_precision: float = 0.95,
-    check_images: bool = True,
-) -> ImportResult:
-    """Validate reviewed labels, report the model's agreement with them and write the labeled batch."""
-    import pandas as pd
-
+def _check_format(format: str) -> None:
+    """Refuse an export format this importer cannot read, naming the valid ones."""
     if format not in FORMATS:
         raise ConfigError(f"unknown review format {format!r}; valid: {', '.join(FORMATS)}")
-    selection = load_selection(selection_uri)
-    selection.require_prelabels()
-    if format == "label-studio":
-        try:
-            data = json.loads(storage.read_text(export_uri))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DataError(f"{export_uri} is not valid JSON ({exc}); export the project as JSON") from exc
-        answers, n_tasks = parse_label_studio(data, export_uri)
-    else:
-        answers, n_tasks = parse_csv(export_uri)
-    grouped = _resolve(answers, selection, check_images=check_images)
 
-    positive = selection.positive_class or selection.classes[-1]
+
+def read_answers(export_uri: str, format: str) -> tuple[list[Answer], int]:
+    """The answers in an export of ``format`` (label-studio JSON or the review CSV); also the tasks read."""
+    _check_format(format)
+    if format == "csv":
+        return parse_csv(export_uri)
+    try:
+        data = json.loads(storage.read_text(export_uri))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{export_uri} is not valid JSON ({exc}); export the project as JSON") from exc
+    return parse_label_studio(data, export_uri)
+
+
+def _reviewed_items(selection: Selection, grouped: dict[str, list[Answer]]) -> list[dict[str, Any]]:
+    """One row per selected image that people answered, in selection order: the pre-label and the answer."""
     reviewed = []
     for row in selection.frame.to_dict("records"):
         group = grouped.get(row["request_id"])
@@ -423,35 +417,52 @@ def import_reviews(
                 "prelabel_model": row.get("prelabel_model", ""),
             }
         )
-    if not reviewed:
-        raise DataError(
-            f"{export_uri} holds no answers for selection {selection.uri} ({n_tasks} tasks, none labeled); "
-            "export again after the review"
-        )
+    return reviewed
+
+
+def agreement_by_share(
+    reviewed: list[dict[str, Any]], *, positive: str, classes: list[str]
+) -> dict[str, dict[str, Any]]:
+    """:func:`agreement` on all reviewed items and on each selection share (random, uncertain) present."""
     subsets = {"all": reviewed}
     for reason in (REASON_RANDOM, REASON_UNCERTAIN):
         part = [r for r in reviewed if r["reason"] == reason]
         if part:
             subsets[reason] = part
-    stats = {
+    return {
         name: agreement(
-            [r["prelabel"] for r in part],
-            [r["label"] for r in part],
-            positive=positive,
-            classes=selection.classes,
+            [r["prelabel"] for r in part], [r["label"] for r in part], positive=positive, classes=classes
         )
         for name, part in subsets.items()
     }
+
+
+def live_precision_status(stats: dict[str, dict[str, Any]], target_precision: float) -> str:
+    """Where the random share's precision interval lies against the target (only that share is unbiased)."""
     live = stats.get(REASON_RANDOM, {}).get("precision")
     if not live or live["value"] is None:
-        status = "unknown (no random-share items predicted positive)"
-    elif live["low"] >= target_precision:
-        status = "meets the target"
-    elif live["high"] < target_precision:
-        status = "BELOW the target"
-    else:
-        status = "not distinguishable from the target yet (review more)"
-    report = {
+        return "unknown (no random-share items predicted positive)"
+    if live["low"] >= target_precision:
+        return "meets the target"
+    if live["high"] < target_precision:
+        return "BELOW the target"
+    return "not distinguishable from the target yet (review more)"
+
+
+def _import_report(
+    selection: Selection,
+    reviewed: list[dict[str, Any]],
+    stats: dict[str, dict[str, Any]],
+    *,
+    export_uri: str,
+    format: str,
+    positive: str,
+    target_precision: float,
+    n_answers: int,
+    n_tasks: int,
+) -> dict[str, Any]:
+    """The agreement.json content: provenance, counts, agreement per share and the corrections."""
+    return {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "selection": selection.uri,
         "export": str(export_uri),
@@ -460,11 +471,11 @@ def import_reviews(
         "classes": selection.classes,
         "positive_class": positive,
         "target_precision": target_precision,
-        "live_precision_status": status,
+        "live_precision_status": live_precision_status(stats, target_precision),
         "counts": {
             "selected": len(selection.frame),
             "tasks": n_tasks,
-            "answers": len(answers),
+            "answers": n_answers,
             "reviewed": len(reviewed),
             "unreviewed": len(selection.frame) - len(reviewed),
             "changed": sum(not r["agreed"] for r in reviewed),
@@ -476,39 +487,45 @@ def import_reviews(
             if not r["agreed"]
         ],
     }
-    batch = pd.DataFrame(
-        [
-            {
-                "path": r["image"],
-                "label": r["label"],
-                "group": "",
-                "label_source": "review",
-                "request_id": r["request_id"],
-                "prelabel": r["prelabel"],
-                "prelabel_model": r["prelabel_model"],
-            }
-            for r in reviewed
-        ],
-        columns=list(BATCH_COLUMNS),
+
+
+def _batch_frame(reviewed: list[dict[str, Any]]):
+    """The labeled batch that `data ingest` merges: one row per reviewed image, labelled by people."""
+    import pandas as pd
+
+    rows = [
+        {
+            "path": r["image"],
+            "label": r["label"],
+            "group": "",
+            "label_source": "review",
+            "request_id": r["request_id"],
+            "prelabel": r["prelabel"],
+            "prelabel_model": r["prelabel_model"],
+        }
+        for r in reviewed
+    ]
+    return pd.DataFrame(rows, columns=list(BATCH_COLUMNS))
+
+
+def _feedback_lines(reviewed: list[dict[str, Any]], created: str) -> str:
+    """feedback.jsonl: each reviewed label as ground truth for the monitor and the experiment analysis."""
+    return "".join(
+        json.dumps({"request_id": r["request_id"], "label": r["label"], "time": created, "source": "review"})
+        + "\n"
+        for r in reviewed
     )
+
+
+def _publish(reviewed: list[dict[str, Any]], report: dict[str, Any], output: str) -> None:
+    """Write the batch, the reviews, the feedback and the agreement reports; the marker goes last."""
+    import pandas as pd
+
     with tempfile.TemporaryDirectory(prefix="visionops-import-") as tmp:
         root = Path(tmp)
-        (root / BATCH_CSV).write_bytes(csv_bytes(batch))
+        (root / BATCH_CSV).write_bytes(csv_bytes(_batch_frame(reviewed)))
         (root / REVIEWS_CSV).write_bytes(csv_bytes(pd.DataFrame(reviewed)))
-        (root / FEEDBACK_JSONL).write_text(
-            "".join(
-                json.dumps(
-                    {
-                        "request_id": r["request_id"],
-                        "label": r["label"],
-                        "time": report["created"],
-                        "source": "review",
-                    }
-                )
-                + "\n"
-                for r in reviewed
-            )
-        )
+        (root / FEEDBACK_JSONL).write_text(_feedback_lines(reviewed, report["created"]))
         (root / "agreement.json").write_text(json.dumps(report, indent=2, sort_keys=True))
         reports.write_text_atomic(root / "agreement.md", render_markdown(report))
         reports.write_text_atomic(root / "agreement.html", render_html(report))
@@ -517,6 +534,47 @@ def import_reviews(
         }
         (root / MARKER).write_text(json.dumps({**marker, "batch": BATCH_CSV}, indent=2, sort_keys=True))
         storage.publish_dir(root, output, MARKER)
+
+
+def import_reviews(
+    export_uri: str,
+    *,
+    selection_uri: str,
+    output: str,
+    format: str = "label-studio",
+    target_precision: float = TARGET_PRECISION,
+    check_images: bool = True,
+) -> ImportResult:
+    """Validate reviewed labels, report the model's agreement with them and write the labeled batch.
+
+    The steps: read the answers, resolve them against the selection (refusing every problem at once), pair
+    each answered image with its pre-label, measure agreement per share, write the batch and the reports.
+    """
+    _check_format(format)
+    selection = load_selection(selection_uri)
+    selection.require_prelabels()
+    answers, n_tasks = read_answers(export_uri, format)
+    grouped = _resolve(answers, selection, check_images=check_images)
+    reviewed = _reviewed_items(selection, grouped)
+    if not reviewed:
+        raise DataError(
+            f"{export_uri} holds no answers for selection {selection.uri} ({n_tasks} tasks, none labeled); "
+            "export again after the review"
+        )
+    positive = selection.positive_class or default_positive_class(selection.classes)
+    stats = agreement_by_share(reviewed, positive=positive, classes=selection.classes)
+    report = _import_report(
+        selection,
+        reviewed,
+        stats,
+        export_uri=export_uri,
+        format=format,
+        positive=positive,
+        target_precision=target_precision,
+        n_answers=len(answers),
+        n_tasks=n_tasks,
+    )
+    _publish(reviewed, report, output)
     log.info(
         "import: %d reviewed, %d changed by people; accuracy %s",
         len(reviewed),

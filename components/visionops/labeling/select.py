@@ -40,6 +40,7 @@ from visionops.labeling.artifact import (
     sha256_hex,
     write_selection,
 )
+from visionops.policy import default_positive_class
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +267,7 @@ def _attach_scores(
         positive = bundle_meta.get("positive_class") or classes[-1]
     else:
         classes, named = _classes_from_records(pool)
-        positive = named or ("glasses" if "glasses" in classes or not classes else classes[-1])
+        positive = named or default_positive_class(classes)
 
     need_model = []
     for c in pool:

@@ -3,9 +3,9 @@ from memory through a DataLoader (workers, pinned memory, persistent workers).
 
 Why a cache: decoding full-size JPEGs every epoch is what starves an accelerator (and a 2-core CPU). Each image
 is read once through :mod:`visionops.storage` (local or ``s3://``), decoded with :func:`visionops.images.decode_image`,
-resized (short side = ``spec.resize_size``, the same PIL resize the evaluation transform applies) and kept as a
-``uint8`` CHW tensor. The evaluation transform's Resize is then a no-op on cached images, so training-time
-validation sees exactly the tensors serving computes from the original image.
+resized by :func:`visionops.preprocess.resize_short_side` (the first stage of both transforms) and kept as a
+``uint8`` CHW tensor. That stage is then a no-op on cached images, so training-time validation sees exactly the
+tensors serving computes from the original image.
 
 Augmentation is reproducible independently of worker count and worker persistence: the sampler hands each
 sample a seed derived from (seed, epoch, index), and the dataset draws its random transform from that seed.
@@ -20,19 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from visionops.errors import DataError, ImageError, StorageError
-from visionops.preprocess import PreprocessSpec
+from visionops.preprocess import PreprocessSpec, resize_short_side
 
 log = logging.getLogger(__name__)
 
 
 def resize_for_cache(img, spec: PreprocessSpec):
-    """PIL RGB -> uint8 CHW tensor with the short side at ``spec.resize_size`` (the eval transform's resize)."""
+    """PIL RGB -> uint8 CHW tensor after the transforms' shared first stage (short side at ``resize_size``)."""
     from torchvision.transforms import v2
 
-    from visionops.preprocess import _interp
-
-    resized = v2.Resize(spec.resize_size, interpolation=_interp(spec.interpolation), antialias=True)(img)
-    return v2.functional.pil_to_tensor(resized).contiguous()
+    return v2.functional.pil_to_tensor(resize_short_side(spec)(img)).contiguous()
 
 
 def _cache_file(cache_dir: Path, sha256: str, spec: PreprocessSpec) -> Path:

@@ -21,7 +21,8 @@ from typing import Any
 
 from visionops import storage
 from visionops.errors import ConfigError, DataError
-from visionops.preprocess import AugmentSpec, PreprocessSpec
+from visionops.policy import default_positive_class
+from visionops.preprocess import AugmentSpec, PreprocessSpec, build_transform
 from visionops.training import checkpoint as ckpt
 from visionops.training import distributed
 from visionops.training.config import TrainConfig
@@ -51,21 +52,6 @@ def resolve_preprocess(
     if (size, resize) == (spec.image_size, spec.resize_size):
         return spec
     return dataclasses.replace(spec, image_size=size, resize_size=resize)
-
-
-#: Random-resized crops are drawn inside the evaluation crop plus this margin (not the whole resized image):
-#: with a tight crop_pct, crops drawn anywhere would often miss the object that evaluation centres on.
-TRAIN_CROP_MARGIN = 1.15
-
-
-def train_transform(spec: PreprocessSpec, augment: AugmentSpec):
-    """The training transform: a centre region (evaluation crop + margin), then the factory's augmentation."""
-    from torchvision.transforms import v2
-
-    from visionops.preprocess import build_transform
-
-    region = min(spec.resize_size, round(spec.image_size * TRAIN_CROP_MARGIN))
-    return v2.Compose([v2.CenterCrop(region), build_transform(spec, train=True, augment=augment)])
 
 
 def default_checkpoint_dir(output_uri: str) -> str:
@@ -210,7 +196,7 @@ class Trainer:
         self.dataset = load_dataset(self.dataset_uri)
         self.classes = self.dataset.classes
         declared = self.dataset.meta.get("positive_class")
-        fallback = "glasses" if "glasses" in self.classes else self.classes[-1]
+        fallback = default_positive_class(self.classes)
         self.positive_class = declared if declared in self.classes else fallback
         architecture, base_spec, self.warm_state, self.parent = config.architecture, None, None, None
         if config.warm_start:
@@ -257,14 +243,19 @@ class Trainer:
         )
 
     def _build(self) -> None:
+        """Model, data loaders, loss and optimiser, in this order (the seeded RNG draws follow it)."""
+        _seed_everything(self.config.seed, self.config.deterministic)
+        self._build_model()
+        self._build_loaders()
+        self._build_optimisation()
+
+    def _build_model(self) -> None:
+        """The model (warm-started or pretrained), on its device, wrapped for DDP/compile when asked."""
         import torch
-        from torch import nn
 
         from visionops.models import create_model, load_pretrained
-        from visionops.preprocess import build_transform
 
         cfg, rt = self.config, self.runtime
-        _seed_everything(cfg.seed, cfg.deterministic)
         self.model = create_model(cfg.architecture, len(self.classes))
         self.replaced_head: list[str] = []
         if self.warm_state is not None:
@@ -291,25 +282,20 @@ class Trainer:
         if cfg.compile:
             self.train_model = torch.compile(self.train_model)
 
-        index = {c: i for i, c in enumerate(self.classes)}
-        self.train_labels = [index[c] for c in self.train_frame["label"]]
-        self.val_labels = [index[c] for c in self.val_frame["label"]]
-        show = cfg.progress and rt.is_main
-        cache = {"cache_dir": cfg.cache_dir, "workers": cfg.decode_workers, "progress": show}
+    def _cache_splits(self) -> tuple[list, list]:
+        """Decode the train and val images once into the resized uint8 cache (see training.data)."""
+        cfg = self.config
+        cache = {
+            "cache_dir": cfg.cache_dir,
+            "workers": cfg.decode_workers,
+            "progress": cfg.progress and self.runtime.is_main,
+        }
         t0 = time.perf_counter()
-        train_images = build_cache(
-            list(self.train_frame["path"]),
-            list(self.train_frame["sha256"]),
-            self.spec,
-            desc="caching train images",
-            **cache,
-        )
-        val_images = build_cache(
-            list(self.val_frame["path"]),
-            list(self.val_frame["sha256"]),
-            self.spec,
-            desc="caching val images",
-            **cache,
+        train_images, val_images = (
+            build_cache(
+                list(frame["path"]), list(frame["sha256"]), self.spec, desc=f"caching {name} images", **cache
+            )
+            for name, frame in (("train", self.train_frame), ("val", self.val_frame))
         )
         log.info(
             "decoded %d train + %d val images at %d px in %.1fs",
@@ -318,31 +304,43 @@ class Trainer:
             self.spec.resize_size,
             time.perf_counter() - t0,
         )
+        return train_images, val_images
+
+    def _loader_workers(self) -> int:
+        """``num_workers``; auto (-1): none on CPU (the model needs the cores), a few per GPU on CUDA."""
+        import torch
+
+        if self.config.num_workers >= 0:
+            return self.config.num_workers
+        if not self.runtime.is_cuda:
+            return 0
+        import os
+
+        return min(8, max(1, (os.cpu_count() or 2) // max(1, torch.cuda.device_count())))
+
+    def _build_loaders(self) -> None:
+        """The cached splits, the factory's train/eval transforms, the epoch samplers and the loaders."""
+        cfg, rt = self.config, self.runtime
+        index = {c: i for i, c in enumerate(self.classes)}
+        self.train_labels = [index[c] for c in self.train_frame["label"]]
+        self.val_labels = [index[c] for c in self.val_frame["label"]]
+        train_images, val_images = self._cache_splits()
         augment = AugmentSpec(
             hflip=cfg.aug_hflip,
             scale=(cfg.aug_scale_min, 1.0),
             color_jitter=cfg.aug_color_jitter,
             rotation=cfg.aug_rotation,
         )
-        self.train_transform = train_transform(self.spec, augment)
+        self.train_transform = build_transform(self.spec, train=True, augment=augment)
         self.eval_transform = build_transform(self.spec, train=False)
-        workers = cfg.num_workers
-        if workers < 0:  # auto: on CPU the model needs the cores; on CUDA workers keep the GPU fed
-            import os
-
-            workers = (
-                min(8, max(1, (os.cpu_count() or 2) // max(1, torch.cuda.device_count())))
-                if rt.is_cuda
-                else 0
-            )
-        self.num_workers = workers
+        self.num_workers = self._loader_workers()
         self.train_sampler = EpochSampler(
             len(train_images), seed=cfg.seed, shuffle=True, rank=rt.rank, world_size=rt.world_size
         )
         self.val_sampler = EpochSampler(
             len(val_images), seed=cfg.seed, shuffle=False, rank=rt.rank, world_size=rt.world_size
         )
-        loader = {"num_workers": workers, "pin_memory": rt.is_cuda, "seed": cfg.seed}
+        loader = {"num_workers": self.num_workers, "pin_memory": rt.is_cuda, "seed": cfg.seed}
         self.train_loader = make_loader(
             CachedImageDataset(train_images, self.train_labels, self.train_transform),
             self.train_sampler,
@@ -358,6 +356,12 @@ class Trainer:
             **loader,
         )
 
+    def _build_optimisation(self) -> None:
+        """Loss (optionally class-weighted), optimiser with decay groups, warmup+cosine schedule, early stop."""
+        import torch
+        from torch import nn
+
+        cfg, rt = self.config, self.runtime
         counts = torch.bincount(torch.tensor(self.train_labels), minlength=len(self.classes)).double()
         weights = counts.sum() / (len(self.classes) * counts) if cfg.class_weighting == "balanced" else None
         self.class_weights = None if weights is None else [round(float(w), 6) for w in weights]
