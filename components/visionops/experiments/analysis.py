@@ -5,6 +5,9 @@ record per request with ``request_id``, ``variant``, and where known ``status``,
 ``confidence`` and feature columns; feedback as JSON lines ``{"request_id", "label"}`` (or ``feedback``
 records inside the logs). Every analysis first checks the sample ratio: a broken split is reported before any
 other figure, and its verdict is never "ship" or "promote".
+
+The unit of analysis is the unit of randomisation: when the router assigned sticky units (cameras, sites), the
+sample ratio is tested on units and every metric's interval treats the unit as the cluster (delta method).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 from visionops import reports, storage
 from visionops.errors import ConfigError, DataError
 from visionops.experiments import stats
+from visionops.policy import POSITIVE_CLASS, TARGET_PRECISION
 
 DESIGNS = ("shadow", "canary", "ab", "aab")
 
@@ -31,16 +35,25 @@ class AnalysisConfig:
     design: str = "ab"
     weights: dict[str, float] | None = None  # configured split; None = equal
     control: str | None = None  # A/B control / canary baseline / shadow primary; default: first name
-    positive_class: str = "glasses"
-    target_precision: float = 0.95
+    positive_class: str = POSITIVE_CLASS
+    target_precision: float = TARGET_PRECISION
     alpha: float = 0.05
     srm_alpha: float = 0.001
     mde: float = 0.02
     power: float = 0.8
     tau: float = 0.05
     min_samples: int = 200
+    # "auto": the unit the logs say was randomised (the router's sticky ``unit``); "request": per request
+    # (refused for a sticky experiment); any other name: that log column is the unit
+    unit: str = "auto"
+    # canary: the error rate may exceed the baseline's by at most this (non-inferiority margin, absolute)
     canary_max_error_increase: float = 0.01
-    canary_max_latency_ratio: float = 1.2
+    canary_max_latency_ratio: float = 1.2  # allowance on the geometric-mean latency ratio
+    canary_class_share_allowance: float = 0.05  # allowance on each predicted class's share (absolute)
+    canary_confidence_allowance: float = 0.05  # allowance on the mean confidence (absolute)
+    # canary: the weights in force over time, [(unix time, {variant: weight}), ...] as the webhook's callers
+    # reported them; a request gets the weights of the first report at or after its time
+    weight_history: list[tuple[float, dict[str, float]]] | None = None
 
     def __post_init__(self) -> None:
         if self.design not in DESIGNS:
@@ -92,6 +105,7 @@ def load_logs(logs: str | list[str], feedback: str | None = None):
     if feedback:
         fb.extend(
             {"request_id": r["request_id"], "feedback": r.get("label", r.get("feedback"))}
+            | {k: r[k] for k in SELECTION_FIELDS if k in r}
             for r in _read_jsonl(feedback)
         )
     if not req:
@@ -99,15 +113,96 @@ def load_logs(logs: str | list[str], feedback: str | None = None):
     frame = pd.DataFrame(req)
     if "variant" not in frame or "request_id" not in frame:
         raise DataError("log records need 'request_id' and 'variant' fields")
-    fb_frame = pd.DataFrame(fb, columns=["request_id", "feedback"]).drop_duplicates("request_id", keep="last")
+    columns = ["request_id", "feedback"] + [k for k in SELECTION_FIELDS if any(k in r for r in fb)]
+    fb_frame = pd.DataFrame(fb, columns=columns).drop_duplicates("request_id", keep="last")
     return frame, fb_frame
 
 
+#: Feedback fields saying how a labelled item was chosen for review: ``selection`` ("random" for the uniform
+#: share, "uncertain" for uncertainty sampling) and ``selection_probability`` (its inclusion probability).
+SELECTION_FIELDS = ("selection", "selection_probability")
+
+
+# -- the unit of randomisation ----------------------------------------------------------------------------------
+def randomisation_unit(frame, config: AnalysisConfig) -> str | None:
+    """The log column that was randomised, or None when each request was drawn on its own.
+
+    The router writes ``assignment`` (its policy) and ``unit`` (the sticky header) into every record. With
+    sticky assignment every request of a camera goes to the same arm, so requests are not independent:
+    the analysis must count and compare cameras, and a per-request analysis is refused.
+    """
+    sticky = "assignment" in frame and bool((frame["assignment"] == "sticky").any())
+    if config.unit == "request":
+        if sticky:
+            raise ConfigError(
+                "these logs come from sticky assignment (assignment=sticky): every request of a unit went "
+                "to the same variant, so requests are not independent and a per-request analysis overstates "
+                "the evidence; analyse by unit (unit='auto', CLI --unit auto)"
+            )
+        return None
+    if config.unit != "auto":
+        if config.unit not in frame:
+            raise ConfigError(f"no column {config.unit!r} in the logs to use as the unit of analysis")
+        return config.unit
+    if sticky and "unit" in frame:
+        return "unit"
+    if "unit" in frame and _looks_sticky(frame["unit"], frame["variant"]):
+        return "unit"
+    return None
+
+
+def _looks_sticky(units, variants) -> bool:
+    """Logs without an ``assignment`` field: units that repeat and never change variant were sticky."""
+    known = units.notna()
+    if known.sum() < 2 or units[known].nunique() == known.sum():
+        return False
+    return bool((variants[known].groupby(units[known]).nunique() == 1).all())
+
+
+def _with_units(frame, unit: str | None):
+    """``frame`` with a ``_unit`` column: the unit, or the request id for requests randomised on their own
+    (no unit header: the router then draws per request)."""
+    frame = frame.copy()
+    ids = "request:" + frame["request_id"].astype(str)
+    frame["_unit"] = ids if unit is None else frame[unit].astype("string").fillna(ids).astype(str)
+    return frame
+
+
 # -- the designs ------------------------------------------------------------------------------------------------
-def _srm(frame, config: AnalysisConfig, variants: list[str]) -> stats.SRMResult:
-    counts = frame["variant"].value_counts().to_dict()
+def _srm(frame, config: AnalysisConfig, variants: list[str], unit: str | None = None) -> stats.SRMResult:
+    """Always-valid sample-ratio check of requests, or of units when ``unit`` names the randomised column."""
+    if unit is not None:
+        frame = frame.drop_duplicates("_unit")
+    counts = {k: int(v) for k, v in frame["variant"].value_counts().to_dict().items()}
     weights = config.weights or dict.fromkeys(variants, 1.0)
-    return stats.srm_check({k: int(v) for k, v in counts.items()}, weights, alpha=config.srm_alpha)
+    if config.weight_history and "time" in frame:
+        return _srm_over_time(frame, config, weights, counts)
+    return stats.srm_check(counts, weights, alpha=config.srm_alpha)
+
+
+def _srm_over_time(frame, config: AnalysisConfig, weights: dict[str, float], counts: dict[str, int]):
+    """Sample-ratio check when the weights changed during the experiment (a canary's ramp): every request
+    is expected under the weights in force at its time."""
+    history = sorted(config.weight_history or [])
+    names = sorted(weights)
+    times = np.array([t for t, _w in history], dtype=float)
+    period = np.searchsorted(times, frame["time"].astype(float).to_numpy(), side="left")
+    period = np.minimum(period, len(history) - 1)
+    probs = np.array([[w.get(n, 0.0) for n in names] for _t, w in history], dtype=float)
+    probs = probs / probs.sum(axis=1, keepdims=True)
+    arm = frame["variant"].map({n: i for i, n in enumerate(names)}).to_numpy()
+    table = np.zeros((len(history), len(names)))
+    np.add.at(table, (period, arm), 1.0)
+    p_value = float(stats.srm_sequential_p(table, probs))
+    expected = (table.sum(axis=1, keepdims=True) * probs).sum(axis=0)
+    chi2 = float((((table.sum(axis=0) - expected) ** 2) / np.maximum(expected, 1e-9)).sum())
+    return stats.SRMResult(
+        counts={n: int(counts.get(n, 0)) for n in names},
+        expected=dict(zip(names, expected.round(3).tolist(), strict=True)),
+        chi2=chi2,
+        p_value=p_value,
+        mismatch=p_value < config.srm_alpha,
+    )
 
 
 def _variants(frame, config: AnalysisConfig) -> list[str]:
@@ -118,16 +213,41 @@ def _variants(frame, config: AnalysisConfig) -> list[str]:
     return [control] + [n for n in names if n != control]
 
 
-def live_quality(frame, feedback, variant: str, positive: str) -> dict[str, Any]:
-    """Precision and recall of ``positive`` for one variant from the requests that got feedback."""
-    rows = frame[frame["variant"] == variant][["request_id", "label"]].merge(feedback, on="request_id")
-    pred_pos = rows["label"] == positive
-    true_pos = rows["feedback"] == positive
+def labelled_feedback(feedback) -> tuple[Any, str]:
+    """The feedback to measure live quality on, and a note saying which labels these are.
+
+    Reviewers' labels often come from uncertainty sampling, which picks hard cases: their precision is far
+    below the traffic's. When the feedback marks how each item was chosen (``selection``: "random" for the
+    uniform share), only the random share is used, because only it represents the traffic. (Inverse-propensity
+    weighting by ``selection_probability`` belongs to the shared weighted estimator; until it is wired in,
+    such labels are used unweighted and the note says so.)
+    """
+    if "selection" in feedback and feedback["selection"].notna().any():
+        random = feedback[feedback["selection"] == "random"]
+        return random, f"random share only: {len(random)} of {len(feedback)} labels"
+    if "selection_probability" in feedback and feedback["selection_probability"].notna().any():
+        return feedback, "all labels, unweighted (selection_probability recorded but not yet used)"
+    return feedback, "all labels (the feedback does not say how they were chosen)"
+
+
+def live_quality(
+    frame, feedback, variant: str, positive: str, *, clustered: bool = False, note: str = ""
+) -> dict[str, Any]:
+    """Precision and recall of ``positive`` for one variant from the requests that got feedback.
+
+    ``frame`` has a ``_unit`` column (see :func:`_with_units`). ``clustered``: the unit was randomised, so
+    each metric is a ratio of per-unit sums with a delta-method interval; otherwise Wilson intervals.
+    """
+    arm = frame[frame["variant"] == variant]
+    rows = arm[["request_id", "label"] + (["_unit"] if clustered else [])].merge(feedback, on="request_id")
+    pred_pos = (rows["label"] == positive).to_numpy()
+    true_pos = (rows["feedback"] == positive).to_numpy()
     tp = int((pred_pos & true_pos).sum())
     n_pred, n_true = int(pred_pos.sum()), int(true_pos.sum())
-    return {
+    out: dict[str, Any] = {
         "variant": variant,
         "with_feedback": len(rows),
+        "labels": note,
         "tp": tp,
         "predicted_positive": n_pred,
         "actual_positive": n_true,
@@ -136,18 +256,43 @@ def live_quality(frame, feedback, variant: str, positive: str) -> dict[str, Any]
         "recall": tp / n_true if n_true else math.nan,
         "recall_ci": stats.wilson_interval(tp, n_true),
     }
+    if clustered:
+        units = arm["_unit"].nunique()
+        per_unit = (
+            rows.assign(tp=pred_pos & true_pos, pp=pred_pos, ap=true_pos)
+            .groupby("_unit")[["tp", "pp", "ap"]]
+            .sum()
+        )
+        out["units"] = int(units)
+        for metric, denominator in (("precision", "pp"), ("recall", "ap")):
+            ratio, var = stats.ratio_estimate(per_unit["tp"], per_unit[denominator], units)
+            out[f"{metric}_var"] = float(var)
+            out[f"{metric}_ci"] = stats.normal_interval(float(ratio), float(var))
+    return out
+
+
+def _compare(control: dict, treatment: dict, metric: str, denominator: str, config: AnalysisConfig):
+    """(fixed-horizon, sequential) test of treatment - control on one metric: binomial per request, or
+    the clusters' delta-method variances when the quality figures carry them."""
+    if f"{metric}_var" not in control:
+        counts = (control["tp"], control[denominator], treatment["tp"], treatment[denominator])
+        return (stats.two_proportion_test(*counts, alpha=config.alpha),
+                stats.msprt_test(*counts, alpha=config.alpha, tau=config.tau))  # fmt: skip
+    d = treatment[metric] - control[metric]
+    v = control[f"{metric}_var"] + treatment[f"{metric}_var"]
+    if not (np.isfinite(d) and np.isfinite(v)):
+        return (stats.DiffResult(0.0, 0.0, 0, 0, 0.0, -1.0, 1.0, 1.0, False),
+                stats.SequentialResult(0.0, -1.0, 1.0, 1.0, False))  # fmt: skip
+    fixed = stats.normal_diff_test(control[metric], treatment[metric], v, alpha=config.alpha)
+    p_value, low, high = (float(x) for x in stats.always_valid(d, v, alpha=config.alpha, tau=config.tau))
+    return fixed, stats.SequentialResult(float(d), low, high, p_value, p_value < config.alpha)
 
 
 def ab_decision(control: dict, treatment: dict, config: AnalysisConfig) -> dict[str, Any]:
     """Compare live precision and recall of two variants; verdict ship / keep / inconclusive with a reason."""
-
-    def compare(denominator: str) -> tuple[stats.DiffResult, stats.SequentialResult]:
-        counts = (control["tp"], control[denominator], treatment["tp"], treatment[denominator])
-        return (stats.two_proportion_test(*counts, alpha=config.alpha),
-                stats.msprt_test(*counts, alpha=config.alpha, tau=config.tau))  # fmt: skip
-
-    rec_fixed, rec_seq = compare("actual_positive")  # recall: true positives among the actual positives
-    prec_fixed, prec_seq = compare("predicted_positive")  # precision: among the answers "positive"
+    # recall: true positives among the actual positives; precision: among the answers "positive"
+    rec_fixed, rec_seq = _compare(control, treatment, "recall", "actual_positive", config)
+    prec_fixed, prec_seq = _compare(control, treatment, "precision", "predicted_positive", config)
     meets = treatment["precision_ci"][0] >= config.target_precision
     if (prec_seq.significant and prec_seq.diff < 0) or (rec_seq.significant and rec_seq.diff < 0):
         verdict, reason = "keep", "the treatment is significantly worse (sequential test)"
@@ -174,22 +319,61 @@ def ab_decision(control: dict, treatment: dict, config: AnalysisConfig) -> dict[
     }
 
 
+def _sample_size(frame, labelled, quality: dict, config: AnalysisConfig, unit: str | None) -> dict:
+    """What the test that decides (the mSPRT on recall) needs per arm to detect ``config.mde``.
+
+    Per request: labelled positives (by simulation), and requests at the observed prevalence and feedback
+    rate. Per unit: units, from the observed between-unit variance of each arm's recall.
+    """
+    control, *others = quality.values()
+    base = control["recall"]
+    baseline = base if 0 < base < 1 - config.mde else 0.8
+    if unit is None:
+        prevalence = float((labelled["feedback"] == config.positive_class).mean()) if len(labelled) else 0.0
+        feedback_rate = frame["request_id"].isin(labelled["request_id"]).mean() if len(frame) else 0.0
+        known = 0 < prevalence <= 1 and 0 < feedback_rate <= 1
+        return stats.sample_size(
+            baseline,
+            config.mde,
+            alpha=config.alpha,
+            power=config.power,
+            tau=config.tau,
+            prevalence=prevalence if known else None,
+            feedback_rate=float(feedback_rate) if known else None,
+        )
+    arms = [control, *others[:1]]
+    var_per_unit = sum(q["recall_var"] * q["units"] for q in arms) * (2 / len(arms))
+    units = None
+    if np.isfinite(var_per_unit) and var_per_unit > 0:
+        units = stats.msprt_units(
+            config.mde, var_per_unit, alpha=config.alpha, power=config.power, tau=config.tau
+        )
+    return {"test": "msprt", "unit": unit, "units_per_arm": units, "labelled_positives_per_arm": None}
+
+
 def analyze_ab(frame, feedback, config: AnalysisConfig) -> dict[str, Any]:
+    """A/B (or A/A/B): SRM first (on units when units were randomised), live quality per arm, comparisons."""
     variants = _variants(frame, config)
-    srm = _srm(frame, config, variants)
-    quality = {v: live_quality(frame, feedback, v, config.positive_class) for v in variants}
+    unit = randomisation_unit(frame, config)
+    frame = _with_units(frame, unit)
+    srm = _srm(frame, config, variants, unit)
+    labelled, note = labelled_feedback(feedback)
+    quality = {
+        v: live_quality(frame, labelled, v, config.positive_class, clustered=unit is not None, note=note)
+        for v in variants
+    }
     control = variants[0]
-    base_recall = quality[control]["recall"]
-    baseline = base_recall if 0 < base_recall < 1 - config.mde else 0.8
+    size = _sample_size(frame, labelled, quality, config, unit)
     result: dict[str, Any] = {
         "design": config.design,
+        "unit": unit or "request",
         "srm": srm.to_dict(),
         "quality": quality,
-        "sample_size_per_arm": stats.sample_size_per_arm(
-            baseline, config.mde, alpha=config.alpha, power=config.power
-        ),
+        "sample_size": size,
+        "sample_size_per_arm": size["labelled_positives_per_arm"] or size.get("units_per_arm"),
         "comparisons": [],
     }
+    crossing = int((frame.groupby("_unit")["variant"].nunique() > 1).sum()) if unit else 0
     if config.design == "aab":
         if len(variants) < 3:
             raise ConfigError("an A/A/B design needs three variants: two controls and a treatment")
@@ -213,6 +397,11 @@ def analyze_ab(frame, feedback, config: AnalysisConfig) -> dict[str, Any]:
             "inconclusive",
             "sample ratio mismatch: the split is broken; fix it first",
         )
+    elif crossing:
+        result["verdict"], result["reason"] = (
+            "inconclusive",
+            f"{crossing} units saw more than one variant: the assignment was not sticky",
+        )
     elif config.design == "aab" and not result["aa_check"]["fair"]:
         result["verdict"], result["reason"] = (
             "inconclusive",
@@ -224,92 +413,163 @@ def analyze_ab(frame, feedback, config: AnalysisConfig) -> dict[str, Any]:
     return result
 
 
-def analyze_canary(frame, config: AnalysisConfig) -> dict[str, Any]:
-    """Automated canary analysis (in the manner of Kayenta): per-metric nonparametric checks -> score -> verdict."""
-    from scipy import stats as sps
+# -- canary checks: each is (baseline rows, canary rows, config) -> a record, or None when the logs lack it -------
+def _interval_check(metric, d, v, *, tau, alpha, low_bad, high_bad, critical=False, **figures) -> dict:
+    """A check on an always-valid interval of ``d`` (canary - baseline), valid at every webhook look.
 
+    ``fail`` when the whole interval lies beyond a bad bound (``low_bad``: the interval's low end above it;
+    ``high_bad``: its high end below it), ``pass`` when it lies inside them, else ``undecided`` (more traffic).
+    """
+    p_value, low, high = (float(x) for x in stats.always_valid(d, v, alpha=alpha, tau=tau))
+    upper = math.inf if low_bad is None else low_bad
+    lower = -math.inf if high_bad is None else high_bad
+    if low > upper or high < lower:
+        state = "fail"
+    elif lower < low and high < upper:
+        state = "pass"
+    else:
+        state = "undecided"
+    return {
+        "metric": metric,
+        **figures,
+        "diff": float(d),
+        "ci": (low, high),
+        "p_value": p_value,
+        "state": state,
+        "pass": state == "pass",
+        "critical": critical,
+    }
+
+
+def check_error_rate(base, canary, config: AnalysisConfig) -> dict | None:
+    """Critical, one-sided: fail when the canary's 5xx rate is credibly above the baseline's; pass when it
+    is credibly below baseline + margin (non-inferiority)."""
+    if "status" not in base:
+        return None
+    n_b, n_c = len(base), len(canary)
+    e_b, e_c = int((base["status"] >= 500).sum()), int((canary["status"] >= 500).sum())
+    # the variance with half a pseudo-error per arm: 0 of n is not a variance of 0
+    p_b, p_c = (e_b + 0.5) / (n_b + 1), (e_c + 0.5) / (n_c + 1)
+    v = p_b * (1 - p_b) / max(n_b, 1) + p_c * (1 - p_c) / max(n_c, 1)
+    margin = config.canary_max_error_increase
+    check = _interval_check(
+        "error_rate", e_c / max(n_c, 1) - e_b / max(n_b, 1), v, tau=margin, alpha=config.alpha,
+        low_bad=0.0, high_bad=None, critical=True,
+        baseline=e_b / max(n_b, 1), canary=e_c / max(n_c, 1), margin=margin,
+    )  # fmt: skip
+    if check["state"] != "fail":  # non-inferiority: pass only when the interval is below the margin
+        proven = check["ci"][1] < margin
+        check.update({"state": "pass" if proven else "undecided", "pass": proven})
+    return check
+
+
+def _mean_diff(a, b) -> tuple[float, float]:
+    """Difference of means (b - a) and its variance."""
+    var = np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b) if len(a) > 1 and len(b) > 1 else math.inf
+    return float(np.mean(b) - np.mean(a)) if len(a) and len(b) else 0.0, float(var)
+
+
+def check_latency(base, canary, config: AnalysisConfig) -> dict | None:
+    """Fail when the canary is credibly slower than the allowed ratio (geometric mean of latency)."""
+    if "latency_ms" not in base:
+        return None
+    lb = np.log(np.maximum(base["latency_ms"].dropna().to_numpy(float), 1e-3))
+    lc = np.log(np.maximum(canary["latency_ms"].dropna().to_numpy(float), 1e-3))
+    d, v = _mean_diff(lb, lc)
+    allowance = math.log(config.canary_max_latency_ratio)
+    return _interval_check(
+        "latency_ratio", d, v, tau=allowance, alpha=config.alpha, low_bad=allowance, high_bad=None,
+        baseline=float(np.exp(lb.mean())) if len(lb) else math.nan,
+        canary=float(np.exp(lc.mean())) if len(lc) else math.nan, allowance=config.canary_max_latency_ratio,
+    )  # fmt: skip
+
+
+def check_class_shares(base, canary, config: AnalysisConfig) -> dict | None:
+    """Fail when a predicted class's share moved credibly beyond the allowance (either way); each class is
+    tested at alpha / classes."""
+    if "label" not in base:
+        return None
+    classes = sorted(set(base["label"].dropna()) | set(canary["label"].dropna()))
+    if len(classes) < 2 or not len(base) or not len(canary):
+        return None
+    allowance = config.canary_class_share_allowance
+    shown = classes[1:] if len(classes) == 2 else classes  # two classes: one share says it all
+    checks = []
+    for name in shown:
+        s_b, s_c = float((base["label"] == name).mean()), float((canary["label"] == name).mean())
+        v = s_b * (1 - s_b) / len(base) + s_c * (1 - s_c) / len(canary)
+        checks.append(
+            _interval_check(
+                "predicted_class_shares", s_c - s_b, v, tau=allowance, alpha=config.alpha / len(shown),
+                low_bad=allowance, high_bad=-allowance, baseline=s_b, canary=s_c, label=name,
+                allowance=allowance,
+            )
+        )  # fmt: skip
+    worst = next((c for c in checks if c["state"] == "fail"), None) or next(
+        (c for c in checks if c["state"] == "undecided"), checks[0]
+    )
+    return worst | {"by_class": {c["label"]: c["state"] for c in checks}}
+
+
+def check_confidence(base, canary, config: AnalysisConfig) -> dict | None:
+    """Fail when the mean confidence moved credibly beyond the allowance (either way)."""
+    if "confidence" not in base:
+        return None
+    cb, cc = base["confidence"].dropna().to_numpy(float), canary["confidence"].dropna().to_numpy(float)
+    d, v = _mean_diff(cb, cc)
+    allowance = config.canary_confidence_allowance
+    return _interval_check(
+        "mean_confidence", d, v, tau=allowance, alpha=config.alpha, low_bad=allowance, high_bad=-allowance,
+        baseline=float(cb.mean()) if len(cb) else math.nan, canary=float(cc.mean()) if len(cc) else math.nan,
+        allowance=allowance,
+    )  # fmt: skip
+
+
+#: The canary checks, in report order.
+CANARY_CHECKS = (check_error_rate, check_latency, check_class_shares, check_confidence)
+
+
+def canary_sample_size(baseline_error_rate: float, config: AnalysisConfig) -> int:
+    """Canary requests (per arm) at which a canary as good as the baseline proves non-inferiority on the
+    error rate with ``config.power`` (and one worse by the margin is caught as often)."""
+    p = min(max(baseline_error_rate, 0.001), 0.5)
+    margin = config.canary_max_error_increase
+    return stats.msprt_units(margin, 2 * p * (1 - p), alpha=config.alpha, power=config.power, tau=margin)
+
+
+def analyze_canary(frame, config: AnalysisConfig) -> dict[str, Any]:
+    """Automated canary analysis: always-valid checks with margins -> score -> verdict.
+
+    Every check uses an always-valid interval, so a webhook that looks at every step of a rollout keeps its
+    false-abort rate at alpha. Critical checks (error rate) abort when the canary is credibly worse;
+    the others fail only beyond their allowance (any real model change moves class shares a little).
+    """
     variants = _variants(frame, config)
     if len(variants) != 2:
         raise ConfigError(f"canary analysis needs exactly two variants (baseline, canary), got {variants}")
     base_name, canary_name = variants
     srm = _srm(frame, config, variants)
     base, canary = frame[frame["variant"] == base_name], frame[frame["variant"] == canary_name]
-    checks = []
-    if "status" in frame:
-        err_b, err_c = int((base["status"] >= 500).sum()), int((canary["status"] >= 500).sum())
-        test = stats.two_proportion_test(err_b, len(base), err_c, len(canary), alpha=config.alpha)
-        ok = not (test.significant and test.diff > 0) and test.diff <= config.canary_max_error_increase
-        checks.append(
-            {
-                "metric": "error_rate",
-                "baseline": test.p_control,
-                "canary": test.p_treatment,
-                "p_value": test.p_value,
-                "pass": bool(ok),
-                "critical": True,
-            }
-        )
-    if "latency_ms" in frame:
-        lb, lc = base["latency_ms"].dropna().to_numpy(), canary["latency_ms"].dropna().to_numpy()
-        p, effect = stats.mann_whitney(lb, lc)
-        ratio = float(np.median(lc) / max(np.median(lb), 1e-9)) if len(lb) and len(lc) else 1.0
-        ok = not (p < config.alpha and effect > 0 and ratio > config.canary_max_latency_ratio)
-        checks.append(
-            {
-                "metric": "latency_p50",
-                "baseline": float(np.median(lb)) if len(lb) else math.nan,
-                "canary": float(np.median(lc)) if len(lc) else math.nan,
-                "p_value": p,
-                "pass": bool(ok),
-                "critical": False,
-            }
-        )
-    if "label" in frame:
-        table = (
-            frame[frame["variant"].isin(variants)].groupby(["variant", "label"]).size().unstack(fill_value=0)
-        )
-        p = (
-            float(sps.chi2_contingency(table.to_numpy())[1])
-            if table.shape[1] > 1 and table.shape[0] == 2
-            else 1.0
-        )
-        shares = (table.T / table.sum(axis=1)).T.round(4).to_dict(orient="index")
-        checks.append(
-            {
-                "metric": "predicted_class_shares",
-                "baseline": shares.get(base_name),
-                "canary": shares.get(canary_name),
-                "p_value": p,
-                "pass": bool(p >= config.alpha),
-                "critical": False,
-            }
-        )
-    if "confidence" in frame:
-        cb, cc = base["confidence"].dropna().to_numpy(), canary["confidence"].dropna().to_numpy()
-        p, _ = stats.mann_whitney(cb, cc)
-        checks.append(
-            {
-                "metric": "confidence_distribution",
-                "baseline": float(np.mean(cb)) if len(cb) else math.nan,
-                "canary": float(np.mean(cc)) if len(cc) else math.nan,
-                "p_value": p,
-                "pass": bool(p >= config.alpha),
-                "critical": False,
-            }
-        )
+    checks = [c for c in (check(base, canary, config) for check in CANARY_CHECKS) if c is not None]
     score = 100.0 * sum(c["pass"] for c in checks) / max(len(checks), 1)
+    failed = [c["metric"] for c in checks if c["state"] == "fail"]
     if srm.mismatch:
         verdict, reason = "abort", "sample ratio mismatch: traffic is not split as configured"
-    elif any(c["critical"] and not c["pass"] for c in checks):
-        verdict, reason = "abort", "a critical metric (error rate) is worse on the canary"
+    elif any(c["critical"] and c["state"] == "fail" for c in checks):
+        verdict, reason = "abort", "a critical metric (error rate) is credibly worse on the canary"
+    elif len(failed) >= 2:
+        verdict, reason = "abort", f"several metrics are credibly beyond their allowance: {', '.join(failed)}"
     elif len(canary) < config.min_samples or len(base) < config.min_samples:
         verdict, reason = "continue", f"fewer than {config.min_samples} requests per variant so far"
-    elif score >= 95:
-        verdict, reason = "promote", "every metric passes"
-    elif score >= 75:
-        verdict, reason = "continue", "most metrics pass; gather more traffic"
+    elif score >= 100:
+        verdict, reason = "promote", "every metric is credibly within its margin"
     else:
-        verdict, reason = "abort", "several metrics are worse on the canary"
+        undecided = [c["metric"] for c in checks if c["state"] != "pass"]
+        verdict, reason = (
+            "continue",
+            f"not yet credibly within the margin: {', '.join(undecided)}; gather more traffic",
+        )
+    base_errors = float((base["status"] >= 500).mean()) if "status" in base and len(base) else 0.01
     return {
         "design": "canary",
         "srm": srm.to_dict(),
@@ -317,6 +577,7 @@ def analyze_canary(frame, config: AnalysisConfig) -> dict[str, Any]:
         "canary": canary_name,
         "checks": checks,
         "score": score,
+        "canary_requests_needed": canary_sample_size(base_errors, config),
         "verdict": verdict,
         "reason": reason,
     }
