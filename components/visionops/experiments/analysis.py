@@ -7,7 +7,8 @@ records inside the logs). Every analysis first checks the sample ratio: a broken
 other figure, and its verdict is never "ship" or "promote".
 
 The unit of analysis is the unit of randomisation: when the router assigned sticky units (cameras, sites), the
-sample ratio is tested on units and every metric's interval treats the unit as the cluster (delta method).
+sample ratio is tested on units and every metric's interval treats the unit as the cluster (jackknife over
+units).
 """
 
 from __future__ import annotations
@@ -236,7 +237,8 @@ def live_quality(
     """Precision and recall of ``positive`` for one variant from the requests that got feedback.
 
     ``frame`` has a ``_unit`` column (see :func:`_with_units`). ``clustered``: the unit was randomised, so
-    each metric is a ratio of per-unit sums with a delta-method interval; otherwise Wilson intervals.
+    each metric is a ratio of per-unit sums with a jackknife (leave-one-unit-out) interval; otherwise
+    Wilson intervals.
     """
     arm = frame[frame["variant"] == variant]
     rows = arm[["request_id", "label"] + (["_unit"] if clustered else [])].merge(feedback, on="request_id")
@@ -273,7 +275,7 @@ def live_quality(
 
 def _compare(control: dict, treatment: dict, metric: str, denominator: str, config: AnalysisConfig):
     """(fixed-horizon, sequential) test of treatment - control on one metric: binomial per request, or
-    the clusters' delta-method variances when the quality figures carry them."""
+    the clusters' jackknife variances when the quality figures carry them."""
     if f"{metric}_var" not in control:
         counts = (control["tp"], control[denominator], treatment["tp"], treatment[denominator])
         return (stats.two_proportion_test(*counts, alpha=config.alpha),
@@ -283,7 +285,8 @@ def _compare(control: dict, treatment: dict, metric: str, denominator: str, conf
     if not (np.isfinite(d) and np.isfinite(v)):
         return (stats.DiffResult(0.0, 0.0, 0, 0, 0.0, -1.0, 1.0, 1.0, False),
                 stats.SequentialResult(0.0, -1.0, 1.0, 1.0, False))  # fmt: skip
-    fixed = stats.normal_diff_test(control[metric], treatment[metric], v, alpha=config.alpha)
+    df = control.get("units", 0) + treatment.get("units", 0) - 2
+    fixed = stats.normal_diff_test(control[metric], treatment[metric], v, alpha=config.alpha, df=df)
     p_value, low, high = (float(x) for x in stats.always_valid(d, v, alpha=config.alpha, tau=config.tau))
     return fixed, stats.SequentialResult(float(d), low, high, p_value, p_value < config.alpha)
 
@@ -325,7 +328,7 @@ def _sample_size(frame, labelled, quality: dict, config: AnalysisConfig, unit: s
     Per request: labelled positives (by simulation), and requests at the observed prevalence and feedback
     rate. Per unit: units, from the observed between-unit variance of each arm's recall.
     """
-    control, *others = quality.values()
+    control = next(iter(quality.values()))
     base = control["recall"]
     baseline = base if 0 < base < 1 - config.mde else 0.8
     if unit is None:
@@ -341,14 +344,27 @@ def _sample_size(frame, labelled, quality: dict, config: AnalysisConfig, unit: s
             prevalence=prevalence if known else None,
             feedback_rate=float(feedback_rate) if known else None,
         )
-    arms = [control, *others[:1]]
-    var_per_unit = sum(q["recall_var"] * q["units"] for q in arms) * (2 / len(arms))
-    units = None
-    if np.isfinite(var_per_unit) and var_per_unit > 0:
-        units = stats.msprt_units(
-            config.mde, var_per_unit, alpha=config.alpha, power=config.power, tau=config.tau
-        )
-    return {"test": "msprt", "unit": unit, "units_per_arm": units, "labelled_positives_per_arm": None}
+    rows = frame[frame["variant"] == control["variant"]][["request_id", "_unit", "label"]]
+    rows = rows.merge(labelled, on="request_id")
+    actual = rows["feedback"] == config.positive_class
+    per_unit = (
+        rows.assign(tp=actual & (rows["label"] == config.positive_class), ap=actual)
+        .groupby("_unit")[["tp", "ap"]]
+        .sum()
+        .reindex(frame.loc[frame["variant"] == control["variant"], "_unit"].unique(), fill_value=0)
+    )
+    size = stats.cluster_sample_size(
+        per_unit["tp"].to_numpy(), per_unit["ap"].to_numpy(), config.mde,
+        alpha=config.alpha, power=config.power, tau=config.tau,
+    )  # fmt: skip
+    return {
+        "test": "msprt",
+        "unit": unit,
+        "units_per_arm": size and size["units_per_arm"],
+        "simulated_power": size and size["simulated_power"],
+        "pilot": f"the control arm's {per_unit.shape[0]} units over the logs' duration",
+        "labelled_positives_per_arm": None,
+    }
 
 
 def analyze_ab(frame, feedback, config: AnalysisConfig) -> dict[str, Any]:
@@ -413,28 +429,68 @@ def analyze_ab(frame, feedback, config: AnalysisConfig) -> dict[str, Any]:
     return result
 
 
-# -- canary checks: each is (baseline rows, canary rows, config) -> a record, or None when the logs lack it -------
-def _interval_check(metric, d, v, *, tau, alpha, low_bad, high_bad, critical=False, **figures) -> dict:
-    """A check on an always-valid interval of ``d`` (canary - baseline), valid at every webhook look.
+# -- canary checks -----------------------------------------------------------------------------------------------
+# Each check is (baseline rows, canary rows, config) -> a record, or None when the logs lack the field. The
+# decisions are vectorised functions of summary figures, so the benchmark simulates thousands of rollouts
+# through exactly the code the webhook runs.
+def interval_state(d, v, *, tau: float, alpha: float, upper=None, lower=None):
+    """States of always-valid intervals of ``d`` (canary - baseline) with variance ``v``, vectorised.
 
-    ``fail`` when the whole interval lies beyond a bad bound (``low_bad``: the interval's low end above it;
-    ``high_bad``: its high end below it), ``pass`` when it lies inside them, else ``undecided`` (more traffic).
+    ``"fail"`` when the interval lies wholly above ``upper`` or wholly below ``lower`` (credibly beyond an
+    allowance), ``"pass"`` when it lies wholly between them, else ``"undecided"`` (gather more traffic).
+    Always-valid: a webhook may look after every step and still errs with probability <= alpha.
+    Returns (state, p_value, low, high).
     """
-    p_value, low, high = (float(x) for x in stats.always_valid(d, v, alpha=alpha, tau=tau))
-    upper = math.inf if low_bad is None else low_bad
-    lower = -math.inf if high_bad is None else high_bad
-    if low > upper or high < lower:
-        state = "fail"
-    elif lower < low and high < upper:
-        state = "pass"
-    else:
-        state = "undecided"
+    p_value, low, high = stats.always_valid(d, v, alpha=alpha, tau=tau)
+    upper = np.inf if upper is None else upper
+    lower = -np.inf if lower is None else lower
+    state = np.where(
+        (low > upper) | (high < lower), "fail", np.where((low > lower) & (high < upper), "pass", "undecided")
+    )
+    return state, p_value, low, high
+
+
+def error_rate_state(e_b, n_b, e_c, n_c, *, margin: float, alpha: float):
+    """Critical, one-sided error-rate check: ``"fail"`` when the canary's error rate is credibly above the
+    baseline's, ``"pass"`` when it is credibly below baseline + ``margin`` (non-inferiority), else
+    ``"undecided"``. Vectorised; returns (state, diff, p_value, low, high)."""
+    e_b, n_b, e_c, n_c = (np.asarray(x, dtype=float) for x in (e_b, n_b, e_c, n_c))
+    # the variance with half a pseudo-error per arm: 0 errors in n requests is not a variance of 0
+    p_b, p_c = (e_b + 0.5) / (n_b + 1), (e_c + 0.5) / (n_c + 1)
+    v = p_b * (1 - p_b) / np.maximum(n_b, 1) + p_c * (1 - p_c) / np.maximum(n_c, 1)
+    d = e_c / np.maximum(n_c, 1) - e_b / np.maximum(n_b, 1)
+    state, p_value, low, high = interval_state(d, v, tau=margin, alpha=alpha, upper=0.0)
+    state = np.where(state == "fail", "fail", np.where(high < margin, "pass", "undecided"))
+    return state, d, p_value, low, high
+
+
+def mean_diff_variance(var_b, n_b, var_c, n_c):
+    """Variance of a difference of two means (Welch), inf where an arm has fewer than two values."""
+    n_b, n_c = np.asarray(n_b, dtype=float), np.asarray(n_c, dtype=float)
+    ok = (n_b > 1) & (n_c > 1)
+    return np.where(ok, var_b / np.maximum(n_b, 1) + var_c / np.maximum(n_c, 1), np.inf)
+
+
+def canary_verdict(srm_mismatch, states: dict[str, np.ndarray], enough, critical=("error_rate",)):
+    """Verdicts from the SRM flag and the checks' states, vectorised: abort on SRM, a failing critical check
+    or two failing others; promote when every check passes on enough traffic; else continue."""
+    stack = np.array(list(states.values()))  # (checks, ...)
+    crit = np.array([name in critical for name in states]).reshape((-1,) + (1,) * (stack.ndim - 1))
+    critical_fail = ((stack == "fail") & crit).any(axis=0)
+    others_failing = ((stack == "fail") & ~crit).sum(axis=0)
+    all_pass = (stack == "pass").all(axis=0)
+    abort = np.asarray(srm_mismatch) | critical_fail | (others_failing >= 2)
+    return np.where(abort, "abort", np.where(all_pass & np.asarray(enough), "promote", "continue"))
+
+
+def _record(metric, state, p_value, low, high, d, *, critical=False, **figures) -> dict:
+    state = str(state)
     return {
         "metric": metric,
         **figures,
         "diff": float(d),
-        "ci": (low, high),
-        "p_value": p_value,
+        "ci": (float(low), float(high)),
+        "p_value": float(p_value),
         "state": state,
         "pass": state == "pass",
         "critical": critical,
@@ -442,31 +498,17 @@ def _interval_check(metric, d, v, *, tau, alpha, low_bad, high_bad, critical=Fal
 
 
 def check_error_rate(base, canary, config: AnalysisConfig) -> dict | None:
-    """Critical, one-sided: fail when the canary's 5xx rate is credibly above the baseline's; pass when it
-    is credibly below baseline + margin (non-inferiority)."""
+    """Critical: the canary's 5xx rate, one-sided with the non-inferiority margin."""
     if "status" not in base:
         return None
     n_b, n_c = len(base), len(canary)
     e_b, e_c = int((base["status"] >= 500).sum()), int((canary["status"] >= 500).sum())
-    # the variance with half a pseudo-error per arm: 0 of n is not a variance of 0
-    p_b, p_c = (e_b + 0.5) / (n_b + 1), (e_c + 0.5) / (n_c + 1)
-    v = p_b * (1 - p_b) / max(n_b, 1) + p_c * (1 - p_c) / max(n_c, 1)
     margin = config.canary_max_error_increase
-    check = _interval_check(
-        "error_rate", e_c / max(n_c, 1) - e_b / max(n_b, 1), v, tau=margin, alpha=config.alpha,
-        low_bad=0.0, high_bad=None, critical=True,
+    state, d, p, low, high = error_rate_state(e_b, n_b, e_c, n_c, margin=margin, alpha=config.alpha)
+    return _record(
+        "error_rate", state, p, low, high, d, critical=True,
         baseline=e_b / max(n_b, 1), canary=e_c / max(n_c, 1), margin=margin,
     )  # fmt: skip
-    if check["state"] != "fail":  # non-inferiority: pass only when the interval is below the margin
-        proven = check["ci"][1] < margin
-        check.update({"state": "pass" if proven else "undecided", "pass": proven})
-    return check
-
-
-def _mean_diff(a, b) -> tuple[float, float]:
-    """Difference of means (b - a) and its variance."""
-    var = np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b) if len(a) > 1 and len(b) > 1 else math.inf
-    return float(np.mean(b) - np.mean(a)) if len(a) and len(b) else 0.0, float(var)
 
 
 def check_latency(base, canary, config: AnalysisConfig) -> dict | None:
@@ -475,18 +517,23 @@ def check_latency(base, canary, config: AnalysisConfig) -> dict | None:
         return None
     lb = np.log(np.maximum(base["latency_ms"].dropna().to_numpy(float), 1e-3))
     lc = np.log(np.maximum(canary["latency_ms"].dropna().to_numpy(float), 1e-3))
-    d, v = _mean_diff(lb, lc)
+    if not len(lb) or not len(lc):
+        return None
+    v = mean_diff_variance(
+        np.var(lb, ddof=1) if len(lb) > 1 else 0, len(lb), np.var(lc, ddof=1) if len(lc) > 1 else 0, len(lc)
+    )
     allowance = math.log(config.canary_max_latency_ratio)
-    return _interval_check(
-        "latency_ratio", d, v, tau=allowance, alpha=config.alpha, low_bad=allowance, high_bad=None,
-        baseline=float(np.exp(lb.mean())) if len(lb) else math.nan,
-        canary=float(np.exp(lc.mean())) if len(lc) else math.nan, allowance=config.canary_max_latency_ratio,
+    d = lc.mean() - lb.mean()
+    state, p, low, high = interval_state(d, v, tau=allowance, alpha=config.alpha, upper=allowance)
+    return _record(
+        "latency_ratio", state, p, low, high, d, baseline=float(np.exp(lb.mean())),
+        canary=float(np.exp(lc.mean())), allowance=config.canary_max_latency_ratio, scale="log",
     )  # fmt: skip
 
 
 def check_class_shares(base, canary, config: AnalysisConfig) -> dict | None:
     """Fail when a predicted class's share moved credibly beyond the allowance (either way); each class is
-    tested at alpha / classes."""
+    tested at alpha / classes. Reports the worst class."""
     if "label" not in base:
         return None
     classes = sorted(set(base["label"].dropna()) | set(canary["label"].dropna()))
@@ -494,21 +541,19 @@ def check_class_shares(base, canary, config: AnalysisConfig) -> dict | None:
         return None
     allowance = config.canary_class_share_allowance
     shown = classes[1:] if len(classes) == 2 else classes  # two classes: one share says it all
-    checks = []
-    for name in shown:
-        s_b, s_c = float((base["label"] == name).mean()), float((canary["label"] == name).mean())
-        v = s_b * (1 - s_b) / len(base) + s_c * (1 - s_c) / len(canary)
-        checks.append(
-            _interval_check(
-                "predicted_class_shares", s_c - s_b, v, tau=allowance, alpha=config.alpha / len(shown),
-                low_bad=allowance, high_bad=-allowance, baseline=s_b, canary=s_c, label=name,
-                allowance=allowance,
-            )
-        )  # fmt: skip
-    worst = next((c for c in checks if c["state"] == "fail"), None) or next(
-        (c for c in checks if c["state"] == "undecided"), checks[0]
+    s_b = np.array([(base["label"] == c).mean() for c in shown])
+    s_c = np.array([(canary["label"] == c).mean() for c in shown])
+    v = s_b * (1 - s_b) / len(base) + s_c * (1 - s_c) / len(canary)
+    states, p, low, high = interval_state(
+        s_c - s_b, v, tau=allowance, alpha=config.alpha / len(shown), upper=allowance, lower=-allowance
     )
-    return worst | {"by_class": {c["label"]: c["state"] for c in checks}}
+    order = {"fail": 0, "undecided": 1, "pass": 2}
+    i = min(range(len(shown)), key=lambda k: order[str(states[k])])
+    return _record(
+        "predicted_class_shares", states[i], p[i], low[i], high[i], s_c[i] - s_b[i], label=shown[i],
+        baseline=float(s_b[i]), canary=float(s_c[i]), allowance=allowance,
+        by_class={c: str(st) for c, st in zip(shown, states, strict=True)},
+    )  # fmt: skip
 
 
 def check_confidence(base, canary, config: AnalysisConfig) -> dict | None:
@@ -516,11 +561,18 @@ def check_confidence(base, canary, config: AnalysisConfig) -> dict | None:
     if "confidence" not in base:
         return None
     cb, cc = base["confidence"].dropna().to_numpy(float), canary["confidence"].dropna().to_numpy(float)
-    d, v = _mean_diff(cb, cc)
+    if not len(cb) or not len(cc):
+        return None
+    v = mean_diff_variance(
+        np.var(cb, ddof=1) if len(cb) > 1 else 0, len(cb), np.var(cc, ddof=1) if len(cc) > 1 else 0, len(cc)
+    )
     allowance = config.canary_confidence_allowance
-    return _interval_check(
-        "mean_confidence", d, v, tau=allowance, alpha=config.alpha, low_bad=allowance, high_bad=-allowance,
-        baseline=float(cb.mean()) if len(cb) else math.nan, canary=float(cc.mean()) if len(cc) else math.nan,
+    d = cc.mean() - cb.mean()
+    state, p, low, high = interval_state(
+        d, v, tau=allowance, alpha=config.alpha, upper=allowance, lower=-allowance
+    )
+    return _record(
+        "mean_confidence", state, p, low, high, d, baseline=float(cb.mean()), canary=float(cc.mean()),
         allowance=allowance,
     )  # fmt: skip
 
@@ -530,11 +582,13 @@ CANARY_CHECKS = (check_error_rate, check_latency, check_class_shares, check_conf
 
 
 def canary_sample_size(baseline_error_rate: float, config: AnalysisConfig) -> int:
-    """Canary requests (per arm) at which a canary as good as the baseline proves non-inferiority on the
-    error rate with ``config.power`` (and one worse by the margin is caught as often)."""
+    """Canary requests at which a canary with the margin's worth of extra errors is aborted with
+    ``config.power`` at one look (one as good as the baseline then proves non-inferiority at least as often:
+    its variance is smaller); the baseline arm is assumed at least as large as the canary's."""
     p = min(max(baseline_error_rate, 0.001), 0.5)
     margin = config.canary_max_error_increase
-    return stats.msprt_units(margin, 2 * p * (1 - p), alpha=config.alpha, power=config.power, tau=margin)
+    var = p * (1 - p) + (p + margin) * (1 - p - margin)
+    return stats.msprt_units(margin, var, alpha=config.alpha, power=config.power, tau=margin)
 
 
 def analyze_canary(frame, config: AnalysisConfig) -> dict[str, Any]:
@@ -552,23 +606,27 @@ def analyze_canary(frame, config: AnalysisConfig) -> dict[str, Any]:
     base, canary = frame[frame["variant"] == base_name], frame[frame["variant"] == canary_name]
     checks = [c for c in (check(base, canary, config) for check in CANARY_CHECKS) if c is not None]
     score = 100.0 * sum(c["pass"] for c in checks) / max(len(checks), 1)
+    enough = len(canary) >= config.min_samples and len(base) >= config.min_samples
+    states = {c["metric"]: np.array(c["state"]) for c in checks}
+    verdict = (
+        str(canary_verdict(srm.mismatch, states, enough))
+        if checks
+        else ("abort" if srm.mismatch else "continue")
+    )
     failed = [c["metric"] for c in checks if c["state"] == "fail"]
     if srm.mismatch:
-        verdict, reason = "abort", "sample ratio mismatch: traffic is not split as configured"
-    elif any(c["critical"] and c["state"] == "fail" for c in checks):
-        verdict, reason = "abort", "a critical metric (error rate) is credibly worse on the canary"
-    elif len(failed) >= 2:
-        verdict, reason = "abort", f"several metrics are credibly beyond their allowance: {', '.join(failed)}"
-    elif len(canary) < config.min_samples or len(base) < config.min_samples:
-        verdict, reason = "continue", f"fewer than {config.min_samples} requests per variant so far"
-    elif score >= 100:
-        verdict, reason = "promote", "every metric is credibly within its margin"
+        reason = "sample ratio mismatch: traffic is not split as configured"
+    elif verdict == "abort" and any(c["critical"] and c["state"] == "fail" for c in checks):
+        reason = "a critical metric (error rate) is credibly worse on the canary"
+    elif verdict == "abort":
+        reason = f"several metrics are credibly beyond their allowance: {', '.join(failed)}"
+    elif verdict == "promote":
+        reason = "every metric is credibly within its margin"
+    elif not enough:
+        reason = f"fewer than {config.min_samples} requests per variant so far"
     else:
         undecided = [c["metric"] for c in checks if c["state"] != "pass"]
-        verdict, reason = (
-            "continue",
-            f"not yet credibly within the margin: {', '.join(undecided)}; gather more traffic",
-        )
+        reason = f"not yet credibly within the margin: {', '.join(undecided)}; gather more traffic"
     base_errors = float((base["status"] >= 500).mean()) if "status" in base and len(base) else 0.01
     return {
         "design": "canary",
