@@ -85,21 +85,22 @@ class ThompsonState:
 
     def record(self, variant: str, predicted_positive: bool, actually_positive: bool) -> None:
         """One piece of feedback: the variant's answer and the true label, both as "is it positive"."""
-        if variant not in self.counts:
-            return
-        update = np.zeros(4)
-        if predicted_positive:
-            update[0 if actually_positive else 1] = 1
-        if actually_positive:
-            update[2 if predicted_positive else 3] = 1
-        if not update.any():
+        tp = predicted_positive and actually_positive
+        self.record_counts(variant, tp=int(tp), fp=int(predicted_positive and not actually_positive),
+                           fn=int(actually_positive and not predicted_positive))  # fmt: skip
+
+    def record_counts(self, variant: str, *, tp: int, fp: int, fn: int) -> None:
+        """A batch of feedback on one variant: true positives, false positives, false negatives (true
+        negatives say nothing about precision or recall). Older evidence decays by the half-life."""
+        events = tp + fp + fn
+        if variant not in self.counts or events == 0:
             return
         with self._lock:
             if self.half_life:
-                decay = 0.5 ** (1.0 / self.half_life)
+                decay = 0.5 ** (events / self.half_life)
                 for counts in self.counts.values():
                     counts *= decay
-            self.counts[variant] += update
+            self.counts[variant] += np.array([tp, fp, tp, fn], dtype=float)
 
     def posterior(self, variant: str) -> tuple[float, float, float, float]:
         """(a, b) of the precision Beta and (a, b) of the recall Beta."""
@@ -109,10 +110,14 @@ class ThompsonState:
 
     def failing(self, variant: str) -> bool:
         """True when the variant credibly fails the precision constraint."""
-        from scipy import stats
+        return self.failing_variants([variant])[0]
 
-        a, b, _ra, _rb = self.posterior(variant)
-        return bool(stats.beta.sf(self.target, a, b) < 0.05)
+    def failing_variants(self, variants: list[str] | None = None) -> list[bool]:
+        """For each variant: P(precision >= target) < 0.05 under its posterior."""
+        from scipy.special import betainc
+
+        post = np.array([self.posterior(v) for v in variants or self.variants])
+        return (1.0 - betainc(post[:, 0], post[:, 1], self.target) < 0.05).tolist()
 
     def shares(self, draws: int = 2000, seed: int | None = None) -> dict[str, float]:
         """Traffic shares: constrained Thompson win frequencies, then floors and caps applied."""
@@ -122,7 +127,8 @@ class ThompsonState:
         recall = rng.beta(post[:, 2, None], post[:, 3, None], (len(self.variants), draws))
         wins = np.bincount(constrained_winners(precision, recall, self.target), minlength=len(self.variants))
         shares = dict(zip(self.variants, (wins / draws).tolist(), strict=True))
-        caps = {v: self.cap for v in self.variants if self.failing(v)}
+        failing = self.failing_variants()
+        caps = {v: self.cap for v, bad in zip(self.variants, failing, strict=True) if bad}
         if len(caps) == len(self.variants):
             caps.pop(self.control)
         return apply_floor_and_cap(shares, self.floor, caps)
