@@ -811,7 +811,14 @@ def render_html(result: dict[str, Any]) -> str:
             }
             for v in result["quality"].values()
         ]
-        sections.append(("Live quality of the positive class", reports.html_table(q)))
+        labels = next(iter(result["quality"].values()), {}).get("labels", "")
+        sections.append(
+            (
+                "Live quality of the positive class",
+                f"<p>Unit of analysis: {reports.escape(result.get('unit', 'request'))}. "
+                f"Labels: {reports.escape(labels)}.</p>" + reports.html_table(q),
+            )
+        )
         if "aa_check" in result:
             sections.append(("A/A check", reports.html_table([result["aa_check"]])))
         comp = [
@@ -828,9 +835,7 @@ def render_html(result: dict[str, Any]) -> str:
         sections.append(
             (
                 "Comparisons against the control",
-                reports.html_table(comp)
-                + f"<p>Sample size per arm for an absolute effect of {result['config']['mde']}: "
-                f"{result['sample_size_per_arm']}</p>",
+                reports.html_table(comp) + f"<p>{reports.escape(_sample_size_text(result))}</p>",
             )
         )
     elif design == "canary":
@@ -871,6 +876,20 @@ def render_html(result: dict[str, Any]) -> str:
                 )
             sections.append(("Disagreeing images", "".join(cells)))
     return reports.html_page(f"Experiment analysis: {design}", sections)
+
+
+def _sample_size_text(result: dict[str, Any]) -> str:
+    """What the test that decides needs per arm, and in which unit it is counted."""
+    size, mde = result.get("sample_size") or {}, result["config"]["mde"]
+    if size.get("units_per_arm"):
+        return (f"Units ({size['unit']}) per arm for the mSPRT to detect a recall change of {mde} with "
+                f"{result['config']['power']:.0%} power: {size['units_per_arm']}.")  # fmt: skip
+    text = (f"Labelled positives per arm for the mSPRT to detect a recall change of {mde} with "
+            f"{result['config']['power']:.0%} power: {size.get('labelled_positives_per_arm')}")  # fmt: skip
+    if size.get("requests_per_arm"):
+        text += (f" ({size['requests_per_arm']} requests per arm at the observed prevalence "
+                 f"{size['prevalence']:.3g} and feedback rate {size['feedback_rate']:.3g})")  # fmt: skip
+    return text + "."
 
 
 def _ci(ci) -> str:

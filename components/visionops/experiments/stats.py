@@ -322,20 +322,28 @@ def cluster_sample_size(
     if not np.isfinite(per_unit) or per_unit <= 0:
         return None
     n = msprt_units(mde, per_unit, alpha=alpha, power=power, tau=tau)
+    if n > 20 * units:  # resampling far beyond the pilot's size is extrapolation: report the approximation
+        return {"units_per_arm": n, "simulated_power": None, "pilot_units": units}
     measured = _cluster_power(y, x, n, mde, alpha=alpha, tau=tau, sims=sims, rng=rng)
-    while measured < power:
+    while measured < power and n <= 20 * units:
         n = math.ceil(n * 1.05)
         measured = _cluster_power(y, x, n, mde, alpha=alpha, tau=tau, sims=sims, rng=rng)
     return {"units_per_arm": n, "simulated_power": measured, "pilot_units": units}
 
 
 def _cluster_power(y, x, n: int, mde: float, *, alpha: float, tau: float, sims: int, rng) -> float:
-    """Share of resampled two-arm experiments of ``n`` units each in which the mSPRT finds the effect."""
-    picks = rng.integers(0, len(x), (2, sims, n))
-    r_c, v_c = ratio_estimate(y[picks[0]], x[picks[0]], n)
-    r_t, v_t = ratio_estimate(y[picks[1]] + mde * x[picks[1]], x[picks[1]], n)
-    p_value, _low, _high = always_valid(r_t - r_c, v_c + v_t, alpha=alpha, tau=tau)
-    return float(np.mean(p_value < alpha))
+    """Share of resampled two-arm experiments of ``n`` units each in which the mSPRT finds the effect
+    (in chunks of about two million resampled units, to bound memory)."""
+    hits, done, chunk = 0, 0, max(1, 2_000_000 // n)
+    while done < sims:
+        size = min(chunk, sims - done)
+        picks = rng.integers(0, len(x), (2, size, n))
+        r_c, v_c = ratio_estimate(y[picks[0]], x[picks[0]], n)
+        r_t, v_t = ratio_estimate(y[picks[1]] + mde * x[picks[1]], x[picks[1]], n)
+        p_value, _low, _high = always_valid(r_t - r_c, v_c + v_t, alpha=alpha, tau=tau)
+        hits += int(np.sum(p_value < alpha))
+        done += size
+    return hits / sims
 
 
 def simulated_msprt_power(
