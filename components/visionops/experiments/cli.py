@@ -6,6 +6,7 @@ import json
 
 import typer
 
+from visionops.policy import TARGET_PRECISION
 from visionops.settings import option, options_command
 
 experiment_app = typer.Typer(
@@ -25,7 +26,12 @@ def analyze_cmd(
     ),
     control: str | None = typer.Option(None, "--control", help="Control / baseline / primary variant name."),
     capture: str | None = typer.Option(None, "--capture", help="Payload capture URI (shadow gallery)."),
-    target_precision: float = typer.Option(0.95, help="Precision target of the positive class."),
+    target_precision: float = typer.Option(TARGET_PRECISION, help="Precision target of the positive class."),
+    unit: str = typer.Option(
+        "auto",
+        "--unit",
+        help="Unit of analysis: auto (the randomised unit the logs name), request, or a log column.",
+    ),
     mde: float = typer.Option(0.02, help="Minimum detectable effect (absolute) for the sample size."),
     alpha: float = typer.Option(0.05, help="Significance level."),
     output: str | None = typer.Option(
@@ -41,6 +47,7 @@ def analyze_cmd(
         weights=parse_weights(weights) if weights else None,
         control=control,
         target_precision=target_precision,
+        unit=unit,
         mde=mde,
         alpha=alpha,
     )
@@ -52,6 +59,8 @@ def analyze_cmd(
         )
     if design == "shadow":
         typer.echo(f"agreement: {result['agreement']:.4f} on {result['paired_requests']} paired requests")
+    if "unit" in result:
+        typer.echo(f"unit of analysis: {result['unit']}")
     typer.echo(f"verdict: {result.get('verdict', 'n/a')} — {result.get('reason', '')}")
     if output:
         typer.echo(f"report: {output}/analysis.html")
@@ -59,15 +68,38 @@ def analyze_cmd(
 
 @experiment_app.command("sample-size")
 def sample_size_cmd(
-    baseline: float = typer.Option(..., help="Baseline rate of the metric (e.g. recall 0.85)."),
+    baseline: float = typer.Option(..., help="Baseline recall of the positive class (e.g. 0.85)."),
     mde: float = typer.Option(..., help="Smallest absolute change worth detecting (e.g. 0.02)."),
     alpha: float = typer.Option(0.05, help="Significance level (two-sided)."),
     power: float = typer.Option(0.8, help="Power."),
+    test: str = typer.Option(
+        "msprt", help="The test that decides: msprt (what `analyze` uses for its verdict) or fixed."
+    ),
+    prevalence: float | None = typer.Option(
+        None, help="Share of requests that are truly positive (to convert labelled positives to requests)."
+    ),
+    feedback_rate: float | None = typer.Option(
+        None, help="Share of requests that get a reviewed label (to convert to requests)."
+    ),
 ) -> None:
-    """Units (with feedback) needed per arm before starting an A/B test."""
-    from visionops.experiments.stats import sample_size_per_arm
+    """Labelled positives (and requests) needed per arm for the test that decides, with its simulated power."""
+    from visionops.experiments.stats import sample_size
 
-    typer.echo(json.dumps({"per_arm": sample_size_per_arm(baseline, mde, alpha=alpha, power=power)}))
+    try:
+        out = sample_size(
+            baseline,
+            mde,
+            alpha=alpha,
+            power=power,
+            test=test,
+            prevalence=prevalence,
+            feedback_rate=feedback_rate,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    out = {"per_arm": out["labelled_positives_per_arm"], **out}
+    out["counted_in"] = "labelled positives per arm (requests whose true label is the positive class)"
+    typer.echo(json.dumps(out))
 
 
 @experiment_app.command("webhook")
@@ -81,7 +113,11 @@ def webhook_cmd(
     host: str = typer.Option("0.0.0.0", help="Bind address."),
     port: int = typer.Option(8090, help="Port."),
 ) -> None:
-    """Serve the canary-analysis webhook Flagger / Argo Rollouts call (POST /canary/check)."""
+    """Serve the canary-analysis webhook Flagger / Argo Rollouts call (POST /canary/check).
+
+    The caller states the current canary weight (``canaryWeight`` in percent, in the body or its metadata);
+    without it the --weights split is assumed for the whole rollout.
+    """
     from aiohttp import web
 
     from visionops.experiments.analysis import AnalysisConfig

@@ -2,10 +2,12 @@
 (sticky units, bandits).
 
 Every request is forwarded unchanged to one variant chosen by the policy (fixed weights, sticky hash of a
-unit header, or Thompson sampling on live precision). The answer comes back with ``X-Variant`` and
-``X-Request-ID``; one JSON line per request goes to the experiment log (variant, unit, status, latency,
-label, confidence) through a background writer, never on the request path. ``POST /feedback`` takes the
-true label of a request id, updates the bandit and is forwarded to the variant that answered.
+unit header, or constrained Thompson sampling: best recall among variants meeting the precision target).
+The answer comes back with ``X-Variant`` and ``X-Request-ID``; one JSON line per request goes to the
+experiment log (variant, unit, assignment policy, status, latency, label, confidence) through a background
+writer, never on the request path. ``POST /feedback`` takes the true label of a request id, updates the
+bandit and is forwarded to the variant that answered; requests awaiting feedback are held in a bounded map
+whose evictions are counted (``visionops_router_feedback_evicted_total``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from visionops.errors import ConfigError
-from visionops.experiments.assign import POLICIES, Assigner, ThompsonState, parse_weights
+from visionops.experiments.assign import POLICIES, Assigner, PendingFeedback, ThompsonState, parse_weights
 from visionops.policy import POSITIVE_CLASS, TARGET_PRECISION
 from visionops.settings import Settings, setting
 
@@ -99,6 +101,14 @@ class RouterSettings(Settings):
         "Thompson: maximum share of a variant failing the precision target.",
         check=lambda v: 0 <= v <= 1,
         must="must be in [0, 1]",
+    )
+    half_life: float = setting(
+        0.0,
+        "Thompson: feedback events after which old evidence weighs half (0 = never discount; for "
+        "non-stationary traffic).",
+        env="VISIONOPS_ROUTER_HALF_LIFE",
+        check=lambda v: v >= 0,
+        must="must be >= 0",
     )
     refresh_seconds: float = setting(
         5.0, "Thompson: seconds between two share updates.", check=lambda v: v > 0, must="must be > 0"
@@ -201,28 +211,28 @@ class Router:
             target=settings.target_precision,
             floor=settings.floor,
             cap=settings.cap,
+            control=next(iter(settings.variants)),  # the first --variant: what ran before the experiment
+            half_life=settings.half_life or None,
         )
         weights = {v: settings.weights.get(v, 0.0) for v in settings.variants}
         self.assigner = Assigner(
             weights, policy=settings.policy, salt=settings.salt, thompson=thompson, seed=seed
         )
-        self.pending: collections.OrderedDict[str, tuple[str, str | None]] = collections.OrderedDict()
+        self.pending = PendingFeedback(settings.max_pending_feedback)
         self.counts: collections.Counter = collections.Counter()
         self.log = JsonLinesWriter(settings.log_path)
 
     def remember(self, request_id: str, variant: str, label: str | None) -> None:
-        self.pending[request_id] = (variant, label)
-        while len(self.pending) > self.settings.max_pending_feedback:
-            self.pending.popitem(last=False)
+        self.pending.add(request_id, variant, label)
 
     def feedback(self, request_id: str, true_label: str) -> str | None:
         """Update the bandit with the true label of a routed request; returns its variant (None if unknown)."""
-        entry = self.pending.pop(request_id, None)
+        entry = self.pending.pop(request_id)
         if entry is None:
             return None
         variant, predicted = entry
-        if predicted == self.settings.positive_class:
-            self.assigner.thompson.record(variant, true_label == self.settings.positive_class)
+        positive = self.settings.positive_class
+        self.assigner.thompson.record(variant, predicted == positive, true_label == positive)
         return variant
 
     def metrics_text(self) -> str:
@@ -241,6 +251,14 @@ class Router:
         lines += [
             "# TYPE visionops_router_log_dropped_total counter",
             f"visionops_router_log_dropped_total {self.log.dropped}",
+            "# HELP visionops_router_feedback_evicted_total Pending requests dropped before their feedback came.",
+            "# TYPE visionops_router_feedback_evicted_total counter",
+            f"visionops_router_feedback_evicted_total {self.pending.evicted}",
+            "# HELP visionops_router_feedback_unmatched_total Feedback for unknown or evicted request ids.",
+            "# TYPE visionops_router_feedback_unmatched_total counter",
+            f"visionops_router_feedback_unmatched_total {self.pending.unmatched}",
+            "# TYPE visionops_router_feedback_pending gauge",
+            f"visionops_router_feedback_pending {len(self.pending)}",
         ]
         return "\n".join(lines) + "\n"
 
@@ -321,6 +339,7 @@ def build_app(router: Router):
                 "request_id": request_id,
                 "variant": variant,
                 "unit": unit,
+                "assignment": settings.policy,
                 "path": request.path,
                 "status": status,
                 "latency_ms": round((time.perf_counter() - started) * 1000, 3),
@@ -363,9 +382,17 @@ def build_app(router: Router):
                 "weights": router.assigner.weights,
                 "requests": {f"{v}:{s}": n for (v, s), n in router.counts.items()},
                 "feedback": {
-                    "successes": router.assigner.thompson.successes,
-                    "failures": router.assigner.thompson.failures,
+                    v: dict(
+                        zip(
+                            ("precision_ok", "precision_bad", "recall_ok", "recall_bad"),
+                            c.tolist(),
+                            strict=True,
+                        )
+                    )
+                    for v, c in router.assigner.thompson.counts.items()
                 },
+                "feedback_pending": len(router.pending),
+                "feedback_evicted": router.pending.evicted,
             }
         )
 
