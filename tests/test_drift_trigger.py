@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 import pytest
 from visionops.drift.trigger import RetrainTrigger, TriggerSettings
-from visionops.kfp_client import create_run
+from visionops.pipeline.client import create_run
 
 from tests.test_drift_support import KfpStandIn, draw_rows, feature_bundle, next_result, start_monitor
 
@@ -71,7 +71,8 @@ def test_create_run_sends_exactly_these_requests():
     assert pipeline_filter["predicates"][0]["stringValue"] == "visionops-training"
     versions_query = parse_qs(urlparse(kfp.requests[2][1]).query)
     assert versions_query["page_size"] == ["1"] and versions_query["sort_by"] == ["created_at desc"]
-    assert kfp.requests[4][2] == {"display_name": "retraining"}
+    # no namespace given: the kfp context's, "" without one (the one client's rule, as `pipeline submit`)
+    assert kfp.requests[4][2] == {"display_name": "retraining", "namespace": ""}
     assert kfp.requests[5][2] == {
         "experiment_id": KfpStandIn.EXPERIMENT_ID,
         "display_name": "r1",

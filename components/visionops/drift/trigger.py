@@ -113,7 +113,7 @@ class RetrainTrigger:
             return self._record(source, "not_configured", reason, why="no KFP host configured", params=params)
         create = self._create_run
         if create is None:
-            from visionops.kfp_client import create_run as create
+            from visionops.pipeline.client import create_run as create
         try:
             run_id = create(
                 s.kfp_host,
