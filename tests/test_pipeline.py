@@ -95,7 +95,7 @@ def test_parameters_and_defaults(ir):
         "champion_uri": "",
         "architecture": "mobilenet_v3_large",
         "target_precision": 0.95,
-        "gpu_count": 1.0,
+        "gpu_count": "1",  # a string: the KFP driver drops a numeric GPU count (test_pipeline_backend.py)
         "warm_start": False,
         "deploy_target": "kubernetes",
         "max_p95_latency_ms": 1000.0,

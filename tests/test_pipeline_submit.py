@@ -185,7 +185,7 @@ def test_first_submit_uploads_pipeline_creates_experiment_and_run(kfp_server):
     assert run["runtime_config"]["parameters"] == {
         "data_uri": "s3://datasets/glasses/raw",
         "epochs": 3,
-        "gpu_count": 2,
+        "gpu_count": "2",  # a STRING parameter (the driver reads GPU counts as strings): 2 is sent as "2"
     }
     assert "pipeline_spec" not in run  # runs reference the uploaded version, not an inline copy
     assert result.run_id == "r-1" and result.recurring_run_id is None

@@ -166,7 +166,12 @@ def configure_task(
 
 
 def gpu_placement(task, gpu_count, settings: ClusterSettings):
-    """GPU request (``gpu_count``), the GPU node selector, tolerations and a memory-backed /dev/shm."""
+    """GPU request (``gpu_count``), the GPU node selector, tolerations and a memory-backed /dev/shm.
+
+    ``gpu_count`` must be a *string* pipeline parameter (or a constant): the KFP v2 driver resolves the
+    accelerator-count placeholder with ``GetStringValue()`` and sets no GPU limit when that is empty, which it
+    is for a number (backend/src/v2/driver/driver.go and resolve.go at 2.17.0; tests/kfp_backend.py).
+    """
     from kfp import kubernetes
 
     task.set_accelerator_type(GPU_RESOURCE).set_accelerator_limit(gpu_count)

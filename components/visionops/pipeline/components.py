@@ -73,14 +73,20 @@ def train(
     warm_start: bool,
     pretrained_uri: str,
     overrides: dict,
-    gpu_count: int,
+    gpu_count: str,
     model: Output[Model],
 ):
     """Train a classifier on the dataset and write the model bundle (weights + preprocessing + lineage).
 
-    With ``gpu_count`` > 1 it trains with DDP, one process per GPU of the pod.
+    With ``gpu_count`` > 1 it trains with DDP, one process per GPU of the pod (a string: see gpu_placement).
     """
-    from visionops.pipeline.outputs import bundle_metadata, run_training, start_step, train_config
+    from visionops.pipeline.outputs import (
+        bundle_metadata,
+        gpu_processes,
+        run_training,
+        start_step,
+        train_config,
+    )
 
     start_step("train")
     config = train_config(
@@ -95,7 +101,7 @@ def train(
         warm_start=warm_start,
         overrides=overrides,
     )
-    uri = run_training(dataset.path, model.path, config, processes=gpu_count)
+    uri = run_training(dataset.path, model.path, config, processes=gpu_processes(gpu_count))
     model.metadata.update(bundle_metadata(uri))
 
 

@@ -34,7 +34,7 @@ LOCAL_DEFAULTS: dict[str, Any] = {
     "learning_rate": 0.003,
     "val_fraction": 0.2,
     "test_fraction": 0.2,
-    "gpu_count": 0,
+    "gpu_count": "0",
     "deploy_target": "local",
 }
 DEMO_COUNT = 1000

@@ -184,6 +184,17 @@ def train_config(
     return TrainConfig.from_dict(_ints_back(TrainConfig, {**fields, **dict(overrides or {})}))
 
 
+def gpu_processes(gpu_count: str | int) -> int:
+    """The training processes for the ``gpu_count`` run parameter (a string on the cluster): "2" -> 2."""
+    try:
+        count = int(str(gpu_count).strip() or "0")
+    except ValueError as exc:
+        raise ConfigError(f"gpu_count must be a whole number of GPUs, got {gpu_count!r}") from exc
+    if count < 0:
+        raise ConfigError(f"gpu_count must be >= 0, got {count}")
+    return count
+
+
 def run_training(dataset_path: str, model_path: str, config, *, processes: int = 1) -> str:
     """Train in this process, or with ``processes`` > 1 as a single-node DDP job (one process per GPU).
 

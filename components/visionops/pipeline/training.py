@@ -8,9 +8,10 @@ access, not at import).
 
 Cluster settings (kfp + kfp-kubernetes; ``kfp.local`` ignores all of them):
 
-- train requests ``nvidia.com/gpu`` with the count from the ``gpu_count`` run parameter (the KFP backend
-  resolves it per run; 0 = CPU only), tolerates the GPU taint and can be pinned by a node selector; a
-  memory-backed ``/dev/shm`` emptyDir feeds the DataLoader workers;
+- train requests ``nvidia.com/gpu`` with the count from the ``gpu_count`` run parameter, a *string* (the KFP
+  backend resolves the placeholder per run as a string and drops the limit for a number; "0" = CPU only),
+  tolerates the GPU taint and can be pinned by a node selector; a memory-backed ``/dev/shm`` emptyDir feeds
+  the DataLoader workers;
 - every task gets CPU/memory requests and limits, and the object-storage credentials from a Kubernetes Secret
   as ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``S3_ENDPOINT_URL`` (never pipeline parameters);
 - I/O steps (ingest, validate, package, deploy) retry with backoff;
@@ -100,7 +101,9 @@ def build_training_pipeline(settings: ClusterSettings | None = None):
         max_p95_latency_ms: float = 1000.0,
         max_model_mb: float = 200.0,
         gate_overrides: dict = {},  # noqa: B006
-        gpu_count: int = 1,
+        # a string: the KFP driver resolves an accelerator-count placeholder with GetStringValue() (see
+        # gpu_placement), so a numeric parameter would silently drop the GPU limit
+        gpu_count: str = "1",
         deploy_target: str = "kubernetes",
         namespace: str = "visionops",
         deployment: str = "visionops-serving",
@@ -188,6 +191,8 @@ def pipeline_parameters(pipeline=None) -> dict[str, tuple[str, Any]]:
 def _coerce(name: str, kind: str, value: Any) -> Any:
     import json
 
+    if kind == "String" and isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)  # e.g. gpu_count=2 from Python: the parameter is a string (see gpu_placement)
     if not isinstance(value, str):
         return value
     try:
