@@ -21,7 +21,9 @@ A host ``local://DIR`` runs the pipeline on this machine instead (:mod:`visionop
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import io
+import json
 import logging
 import os
 import warnings
@@ -113,6 +115,112 @@ def latest_version_id(client, pipeline_id: str) -> str:
     return versions[0].pipeline_version_id
 
 
+def _start(client, pipeline_name: str, params: dict, experiment: str, run_name: str, namespace, host):
+    """Create the experiment when missing and start a run of the pipeline's latest version: (run, exp id)."""
+    pipeline_id = client.get_pipeline_id(pipeline_name)
+    if pipeline_id is None:
+        raise KfpError(
+            f"no pipeline named {pipeline_name!r} at {host}; upload it (visionops pipeline submit) or set "
+            "--kfp-pipeline to an existing pipeline's name"
+        )
+    version_id = latest_version_id(client, pipeline_id)
+    # kfp prints "Experiment details: <link>" to stdout; the sidecar logs instead.
+    with contextlib.redirect_stdout(io.StringIO()):
+        exp = client.create_experiment(experiment, namespace=namespace)
+        run = client.run_pipeline(
+            experiment_id=exp.experiment_id,
+            job_name=run_name,
+            params=params,
+            pipeline_id=pipeline_id,
+            version_id=version_id,
+        )
+    log.info(
+        "started KFP run %s of %s (version %s) in experiment %s",
+        run.run_id,
+        pipeline_name,
+        version_id,
+        experiment,
+    )
+    return run, exp.experiment_id
+
+
+def episode_runs(client, experiment_id: str, episode: str, since: float) -> list:
+    """The runs of ``experiment_id`` whose name starts with ``episode`` created at or after ``since`` (epoch
+    seconds), oldest first (ties by run id): what every replica sees the same way."""
+    predicate = {"operation": "IS_SUBSTRING", "key": "display_name", "stringValue": episode}
+    response = client.list_runs(
+        experiment_id=experiment_id,
+        filter=json.dumps({"predicates": [predicate]}),
+        sort_by="created_at desc",
+        page_size=100,
+    )
+    runs = [
+        run
+        for run in response.runs or []
+        if (run.display_name or "").startswith(episode) and _epoch(run.created_at) >= since
+    ]
+    return sorted(runs, key=lambda run: (_epoch(run.created_at), run.run_id))
+
+
+def _epoch(created_at) -> float:
+    if isinstance(created_at, dt.datetime):
+        return created_at.timestamp()
+    if isinstance(created_at, str) and created_at:
+        return dt.datetime.fromisoformat(created_at.replace("Z", "+00:00")).timestamp()
+    return 0.0
+
+
+def create_run_once(
+    host: str,
+    *,
+    pipeline_name: str,
+    params: dict[str, Any],
+    experiment: str,
+    run_name: str,
+    episode: str,
+    window_s: float,
+    token: str | None = None,
+    token_path: str | None = None,
+    namespace: str | None = None,
+    clock=None,
+) -> tuple[str, bool]:
+    """Start the run of a drift episode for the whole fleet at most once: ``(run id, created by this call)``.
+
+    Every replica's sidecar names its runs ``<episode>-...`` (``episode`` = ``retrain-<model version>``). Before
+    creating, a run of the episode created within ``window_s`` seconds (the cooldown) is looked up and
+    joined. Two replicas that create at the same moment both see both runs afterwards; the oldest (ties: the
+    smaller run id) stays and the other creator deletes its own, so one run survives. ``local://`` hosts
+    start the run directly (one process, one trigger).
+    """
+    if host.startswith("local://"):
+        run_id = create_run(
+            host, pipeline_name=pipeline_name, params=params, experiment=experiment, run_name=run_name
+        )
+        return run_id, True
+    now = (clock or dt.datetime.now(dt.UTC).timestamp)()
+    since = now - window_s if window_s > 0 else now
+    client = connect(host, token=token, token_path=token_path)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            experiment_id = client.create_experiment(experiment, namespace=namespace).experiment_id
+        existing = episode_runs(client, experiment_id, episode, since)
+        if existing:
+            log.info("episode %s already has run %s: joining it", episode, existing[0].run_id)
+            return existing[0].run_id, False
+        run, experiment_id = _start(client, pipeline_name, params, experiment, run_name, namespace, host)
+        runs = episode_runs(client, experiment_id, episode, since)
+        winner = runs[0].run_id if runs else run.run_id
+        if winner != run.run_id:  # another replica created the episode's run at the same moment
+            client.delete_run(run.run_id)
+            log.info("episode %s: run %s was first; deleted this replica's %s", episode, winner, run.run_id)
+            return winner, False
+    except VisionOpsError:
+        raise
+    except Exception as exc:
+        raise api_error(exc, host, f"refused to start {pipeline_name!r}") from exc
+    return run.run_id, True
+
+
 def create_run(
     host: str,
     *,
@@ -142,32 +250,11 @@ def create_run(
         )
     client = connect(host, token=token, token_path=token_path)
     try:
-        pipeline_id = client.get_pipeline_id(pipeline_name)
-        if pipeline_id is None:
-            raise KfpError(
-                f"no pipeline named {pipeline_name!r} at {host}; upload it (visionops pipeline submit) or set "
-                "--kfp-pipeline to an existing pipeline's name"
-            )
-        version_id = latest_version_id(client, pipeline_id)
-        # kfp prints "Experiment details: <link>" to stdout; the sidecar logs instead.
-        with contextlib.redirect_stdout(io.StringIO()):
-            exp = client.create_experiment(experiment, namespace=namespace)
-            run = client.run_pipeline(
-                experiment_id=exp.experiment_id,
-                job_name=run_name or f"{pipeline_name}-run",
-                params=params,
-                pipeline_id=pipeline_id,
-                version_id=version_id,
-            )
+        run, _ = _start(
+            client, pipeline_name, params, experiment, run_name or f"{pipeline_name}-run", namespace, host
+        )
     except VisionOpsError:
         raise
     except Exception as exc:
         raise api_error(exc, host, f"refused to start {pipeline_name!r}") from exc
-    log.info(
-        "started KFP run %s of %s (version %s) in experiment %s",
-        run.run_id,
-        pipeline_name,
-        version_id,
-        experiment,
-    )
     return run.run_id

@@ -161,16 +161,21 @@ def deploy(
     namespace: str,
     deployment: str,
     state_dir: str,
+    registry_uri: str,
     record: Output[Artifact],
 ) -> str:
-    """Roll the serving Deployment forward to the blessed bundle (``target``: kubernetes, local or none)."""
+    """Copy the blessed bundle to the model registry (serving's own store; empty = serve the pipeline's
+    artifact) and roll the serving Deployment forward to it (``target``: kubernetes, local or none)."""
     import json
 
     from visionops.deploy import deploy as deploy_model
-    from visionops.pipeline.outputs import start_step, storage_uri
+    from visionops.pipeline.outputs import publish_to_registry, start_step, storage_uri
 
     start_step("deploy")
-    model_uri = storage_uri(model.uri, model.path)
+    if registry_uri:
+        model_uri = publish_to_registry(model.path, registry_uri)
+    else:
+        model_uri = storage_uri(model.uri, model.path)
     result = deploy_model(
         model_uri, target=target, namespace=namespace, deployment=deployment, state_dir=state_dir or None
     )

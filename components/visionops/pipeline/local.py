@@ -36,6 +36,7 @@ LOCAL_DEFAULTS: dict[str, Any] = {
     "test_fraction": 0.2,
     "gpu_count": "0",
     "deploy_target": "local",
+    "model_registry_uri": "",  # locally serving reads the pipeline's own output folder
 }
 DEMO_COUNT = 1000
 DEMO_SIZE = 64

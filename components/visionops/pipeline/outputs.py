@@ -223,6 +223,28 @@ def run_training(dataset_path: str, model_path: str, config, *, processes: int =
     return results[0]
 
 
+def publish_to_registry(bundle_path: str | Path, registry_uri: str) -> str:
+    """Copy a blessed bundle to ``<registry_uri>/<model version>`` and return that URI (what serving loads).
+
+    The registry is serving's own store (e.g. ``s3://visionops/models/glasses``), so serving never needs to
+    read KFP's artifact store. A published version never changes: the same bundle again is reused, another
+    bundle under an existing version is refused.
+    """
+    from visionops import storage
+    from visionops.bundle import read_meta
+
+    version = read_meta(str(bundle_path)).get("model_version")
+    if not version:
+        raise StorageError(f"bundle {bundle_path} has no model_version; cannot publish it to {registry_uri}")
+    target = storage.join(registry_uri, version)
+    marker = Path(bundle_path) / "bundle.json"
+    if storage.exists(storage.join(target, "bundle.json")):
+        if storage.read_bytes(storage.join(target, "bundle.json")) == marker.read_bytes():
+            return target
+        raise StorageError(f"{target} already holds a different bundle of version {version}")
+    return storage.publish_dir(bundle_path, target, marker="bundle.json")
+
+
 def bundle_metadata(uri: str) -> dict[str, Any]:
     """What the Kubeflow UI shows next to a Model artifact."""
     from visionops.bundle import read_meta

@@ -108,6 +108,8 @@ def build_training_pipeline(settings: ClusterSettings | None = None):
         namespace: str = "visionops",
         deployment: str = "visionops-serving",
         deploy_state_dir: str = "",
+        # serving's own store: the blessed bundle is copied to <model_registry_uri>/<model version>
+        model_registry_uri: str = "s3://visionops/models/glasses",
     ):
         ingest_task = _configure(
             ingest_op(
@@ -162,6 +164,7 @@ def build_training_pipeline(settings: ClusterSettings | None = None):
                     namespace=namespace,
                     deployment=deployment,
                     state_dir=deploy_state_dir,
+                    registry_uri=model_registry_uri,
                 ).after(package_task),  # ship only what could also be packaged
                 "deploy",
                 settings,
