@@ -7,8 +7,10 @@ import hashlib
 import json
 import threading
 import time
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 
 CLASSES = ["glasses", "no_glasses"]
 
@@ -163,6 +165,9 @@ class KfpStandIn:
         self.auth: list[str | None] = []
         self.experiment_exists = experiment_exists
         self.runs = 0
+        #: the runs the server holds (run id -> run), listed and deleted like KFP does
+        self.stored: dict[str, dict] = {}
+        self.lock = threading.Lock()
         stand_in = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -205,8 +210,17 @@ class KfpStandIn:
                 elif path == "/apis/v2beta1/experiments":
                     exps = [{"experiment_id": stand_in.EXPERIMENT_ID, "display_name": "x"}]
                     self._reply({"experiments": exps, "total_size": 1} if stand_in.experiment_exists else {})
+                elif path == "/apis/v2beta1/runs":
+                    self._reply(stand_in.list_runs(parse_qs(urlparse(self.path).query)))
                 else:
                     self._reply({})
+
+            def do_DELETE(self):
+                stand_in.requests.append(("DELETE", self.path, None))
+                stand_in.auth.append(self.headers.get("Authorization"))
+                with stand_in.lock:
+                    stand_in.stored.pop(self.path.split("?")[0].rsplit("/", 1)[-1], None)
+                self._reply({})
 
             def do_POST(self):
                 length = int(self.headers.get("Content-Length") or 0)
@@ -219,8 +233,16 @@ class KfpStandIn:
                         {"experiment_id": stand_in.EXPERIMENT_ID, "display_name": body["display_name"]}
                     )
                 elif self.path == "/apis/v2beta1/runs":
-                    stand_in.runs += 1
-                    self._reply({"run_id": f"run-{stand_in.runs}", "display_name": body.get("display_name")})
+                    with stand_in.lock:
+                        stand_in.runs += 1
+                        run = {
+                            "run_id": f"run-{stand_in.runs}",
+                            "display_name": body.get("display_name"),
+                            "experiment_id": body.get("experiment_id"),
+                            "created_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+                        }
+                        stand_in.stored[run["run_id"]] = run
+                    self._reply(run)
                 else:
                     self._reply({})
 
@@ -228,6 +250,16 @@ class KfpStandIn:
         self.httpd.daemon_threads = True
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def list_runs(self, query: dict[str, list[str]]) -> dict:
+        """GET /runs: the experiment's runs, ``IS_SUBSTRING`` on display_name, newest first (as KFP sorts)."""
+        with self.lock:
+            runs = [r for r in self.stored.values() if r["experiment_id"] in query.get("experiment_id", [])]
+        for predicate in json.loads(query.get("filter", ["{}"])[0]).get("predicates", []):
+            assert predicate["operation"] in ("IS_SUBSTRING", 7) and predicate["key"] == "display_name"
+            runs = [r for r in runs if predicate["stringValue"] in (r["display_name"] or "")]
+        runs.sort(key=lambda r: r["created_at"], reverse=query.get("sort_by") == ["created_at desc"])
+        return {"runs": runs, "total_size": len(runs)} if runs else {}
 
     def run_requests(self) -> list[tuple[str, str, dict | None]]:
         return [r for r in self.requests if r[0] == "POST" and r[1] == "/apis/v2beta1/runs"]

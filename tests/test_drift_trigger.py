@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 import pytest
 from visionops.drift.trigger import RetrainTrigger, TriggerSettings
-from visionops.kfp_client import create_run
+from visionops.pipeline.client import create_run
 
 from tests.test_drift_support import KfpStandIn, draw_rows, feature_bundle, next_result, start_monitor
 
@@ -71,7 +71,8 @@ def test_create_run_sends_exactly_these_requests():
     assert pipeline_filter["predicates"][0]["stringValue"] == "visionops-training"
     versions_query = parse_qs(urlparse(kfp.requests[2][1]).query)
     assert versions_query["page_size"] == ["1"] and versions_query["sort_by"] == ["created_at desc"]
-    assert kfp.requests[4][2] == {"display_name": "retraining"}
+    # no namespace given: the kfp context's, "" without one (the one client's rule, as `pipeline submit`)
+    assert kfp.requests[4][2] == {"display_name": "retraining", "namespace": ""}
     assert kfp.requests[5][2] == {
         "experiment_id": KfpStandIn.EXPERIMENT_ID,
         "display_name": "r1",
@@ -228,3 +229,82 @@ def test_kfp_down_counts_failure_and_retries(bundle):
     event = trigger.raise_("drift", "x")
     assert event["outcome"] == "failed" and "Kubeflow Pipelines" in event["why"]
     assert trigger.alert == 0  # not counted as this episode's run: the next window retries
+
+
+def test_a_fleet_of_sidecars_starts_one_run_per_episode(bundle, kfp, tmp_path):
+    """Three replicas' sidecars (same model) see the same drift at different moments, and Alertmanager's
+    notification lands on one of them: the KFP API gets one run for the episode, read with the projected token."""
+    token = tmp_path / "token"  # what the kfp-token projected volume mounts (manifests/base/deployment)
+    token.write_text("projected-sa-token\n")
+    fleet = [
+        start_monitor(
+            bundle,
+            window_size=WINDOW,
+            trigger_windows=1,
+            trigger_cooldown_s=3600,
+            kfp_host=kfp.url,
+            kfp_params={"data_uri": "s3://data/latest"},
+            kfp_token_path=str(token),
+        )
+        for _ in range(3)
+    ]
+    rng = np.random.default_rng(5)
+    try:
+        for server, client in fleet:
+            result = _drifted_window(client, server, rng)
+            assert result["dataset_drift"]
+        r = fleet[1][1].post("/alerts", json=_alertmanager("firing"))
+        assert r.status_code == 200
+        outcomes = [
+            [e["outcome"] for e in server.monitor.trigger.events if e["outcome"] != "cleared"]
+            for server, _ in fleet
+        ]
+        assert outcomes == [["created"], ["joined", "suppressed"], ["joined"]]
+        run_ids = {e["run_id"] for server, _ in fleet for e in server.monitor.trigger.events if "run_id" in e}
+        assert len(kfp.stored) == 1 and set(kfp.stored) == run_ids
+        assert len(kfp.run_requests()) == 1
+        assert set(kfp.auth) == {"Bearer projected-sa-token"}
+        metrics = fleet[2][1].get("/metrics").text
+        assert 'visionops_retrain_triggered_total{outcome="joined"} 1.0' in metrics
+    finally:
+        for server, _ in fleet:
+            server.stop()
+
+
+def test_replicas_that_create_at_the_same_moment_leave_one_run(kfp):
+    """The race: four replicas pass the "no run yet" check together; the later creators delete theirs."""
+    import threading
+
+    from visionops.pipeline.client import create_run_once
+
+    barrier = threading.Barrier(4)
+    results: list[tuple[str, bool]] = []
+
+    def replica(i: int) -> None:
+        barrier.wait()
+        results.append(
+            create_run_once(
+                kfp.url,
+                pipeline_name="visionops-training",
+                params={"warm_start": True},
+                experiment="retraining",
+                run_name=f"retrain-m-1-drift-{i}",
+                episode="retrain-m-1",
+                window_s=3600,
+            )
+        )
+
+    threads = [threading.Thread(target=replica, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(results) == 4
+    assert len(kfp.stored) == 1
+    (survivor,) = kfp.stored
+    assert {run_id for run_id, _ in results} == {survivor}
+    assert sum(created for _, created in results) == 1
+    creates = len(kfp.run_requests())
+    deletes = [p for m, p, _ in kfp.requests if m == "DELETE"]
+    assert len(deletes) == creates - 1  # every extra run was deleted by its creator
+    print(f"race of 4 replicas: {creates} runs created, {len(deletes)} deleted, 1 left (nominal: 1)")

@@ -16,7 +16,7 @@ from tests.conftest import ROOT, require_binary
 
 
 def test_pipeline_command_maps_parameters(tmp_path):
-    from visionops.demo.launcher import pipeline_command
+    from visionops.pipeline.local_runs import pipeline_command
 
     argv = pipeline_command(
         tmp_path,
@@ -42,9 +42,9 @@ def test_pipeline_command_maps_parameters(tmp_path):
 
 
 def test_local_hosts_dispatch_to_the_launcher(tmp_path):
-    from visionops import kfp_client
-    from visionops.demo.launcher import runs_dir_of
     from visionops.errors import ConfigError
+    from visionops.pipeline import client as kfp_client
+    from visionops.pipeline.local_runs import runs_dir_of
 
     assert runs_dir_of(f"local://{tmp_path}") == str(tmp_path)
     with pytest.raises(ConfigError, match="local runner knows 'visionops-training'"):

@@ -50,7 +50,15 @@ KUSTOMIZATIONS = [
     "experiments",
 ]
 #: kustomizations that only make sense inside another one (a Component; the shared pod; overlay parts)
-PARTS = {"components/model-uri", "base/deployment", "overlays/canary/canary", "overlays/shadow/shadow"}
+PARTS = {
+    "components/model-uri",
+    "components/canary",
+    "components/canary/deployment",
+    "components/shadow",
+    "components/shadow/deployment",
+    "components/flagger",
+    "base/deployment",
+}
 SERVING_KUSTOMIZATIONS = [k for k in KUSTOMIZATIONS if k == "base" or k.startswith("overlays/")]
 CRD_SCHEMAS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor-monitoring-v1.json",
@@ -82,6 +90,24 @@ def one(name: str, kind: str, obj_name: str) -> dict:
     found = [o for o in objects(name, kind) if o["metadata"]["name"] == obj_name]
     assert len(found) == 1, f"{name}: expected one {kind} {obj_name}, found {len(found)}"
     return found[0]
+
+
+def config_data(name: str) -> dict[str, str]:
+    """The data of the generated (hash-suffixed) visionops-config ConfigMap of a kustomization."""
+    (config,) = [
+        c for c in objects(name, "ConfigMap") if c["metadata"]["name"].startswith("visionops-config")
+    ]
+    return config["data"]
+
+
+def render_overlay(tmp_path: Path, text: str) -> tuple[dict, ...]:
+    """Render a user's own overlay (in tmp_path, paths given relative to manifests/ as MANIFESTS/...)."""
+    kubectl = require_binary("kubectl")
+    rel = os.path.relpath(MANIFESTS, tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(text.replace("MANIFESTS", rel))
+    out = subprocess.run([kubectl, "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return tuple(doc for doc in yaml.safe_load_all(out.stdout) if doc)
 
 
 def containers(deployment: dict) -> dict[str, dict]:
@@ -378,7 +404,7 @@ def test_every_container_is_locked_down(name):
             for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
                 assert probe in container, (container["name"], probe)
             # every writable place is an emptyDir with a size limit, /tmp included
-            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"] if not m.get("readOnly")}
             assert "/tmp" in mounts
             for volume in mounts.values():
                 assert volumes[volume]["emptyDir"]["sizeLimit"]
@@ -535,19 +561,19 @@ def test_deployer_role_is_get_and_patch_on_the_serving_deployment_only():
         }
     ]
     binding = one("rbac", "RoleBinding", "visionops-deployer")
-    account = one("rbac", "ServiceAccount", "visionops-deployer")
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
         "kind": "Role",
         "name": "visionops-deployer",
     }
+    # bound to the accounts KFP runs steps as (never a run *as* another account: the launcher needs the
+    # runner's rights): default-editor of the profile (multi-user), pipeline-runner in kubeflow (single-user)
+    profile = config_data("base")["VISIONOPS_KFP_NAMESPACE"]
     assert binding["subjects"] == [
-        {
-            "kind": "ServiceAccount",
-            "name": "visionops-deployer",
-            "namespace": account["metadata"]["namespace"],
-        }
+        {"kind": "ServiceAccount", "name": "default-editor", "namespace": profile},
+        {"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "kubeflow"},
     ]
+    assert not objects("rbac", "ServiceAccount")
     assert not objects("rbac", "ClusterRole") and not objects("rbac", "ClusterRoleBinding")
     # what the deploy step patches exists in the manifests it is allowed to patch
     dep = one("base", "Deployment", DEFAULT_DEPLOYMENT)
@@ -926,3 +952,190 @@ def test_experiment_services_are_locked_down_and_wired_to_real_paths():
     args = deployments["visionops-router"]["spec"]["template"]["spec"]["containers"][0]["args"]
     variants = parse_variants(",".join(args[i + 1] for i, a in enumerate(args) if a == "--variant"))
     assert set(parse_weights(args[args.index("--weights") + 1])) == set(variants)
+
+
+# -- issue 18: overlays that compose, Flagger, the in-cluster retraining trigger ----------------------------
+USER_OVERLAY = """
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - MANIFESTS/overlays/dev
+configMapGenerator:
+  - name: visionops-config
+    behavior: merge
+    literals:
+      - VISIONOPS_MODEL_URI=s3://visionops/models/glasses/m-deployed-v7
+components:
+  - MANIFESTS/components/model-uri
+  - MANIFESTS/components/{component}
+"""
+
+
+@pytest.mark.parametrize("component", ["canary", "shadow"])
+def test_canary_and_shadow_components_keep_the_users_model_and_settings(tmp_path, component):
+    """base + dev + the model deploy rolled out + the Component: stable keeps all of it; the new track shares
+    the overlay's ConfigMap and runs the candidate under its own variant name."""
+    rendered = render_overlay(tmp_path, USER_OVERLAY.format(component=component))
+    deployments = {o["metadata"]["name"]: o for o in rendered if o["kind"] == "Deployment"}
+    assert set(deployments) == {"visionops-serving", f"visionops-serving-{component}"}
+    dev = one("overlays/dev", "Deployment", "visionops-serving")
+    stable, track = deployments["visionops-serving"], deployments[f"visionops-serving-{component}"]
+    assert stable["spec"]["replicas"] == dev["spec"]["replicas"] == 1
+    for name, container in containers(stable).items():
+        assert container["resources"] == containers(dev)[name]["resources"], name  # dev sizes intact
+        assert (
+            env_of(container)["VISIONOPS_MODEL_URI"]["value"] == "s3://visionops/models/glasses/m-deployed-v7"
+        )
+    (config,) = [o for o in rendered if o["kind"] == "ConfigMap"]
+    assert config["data"]["VISIONOPS_MODEL_URI"] == "s3://visionops/models/glasses/m-deployed-v7"
+    assert config["data"]["VISIONOPS_WINDOW_SIZE"] == config_data("overlays/dev")["VISIONOPS_WINDOW_SIZE"]
+    assert not [o for o in rendered if o["kind"] == "HorizontalPodAutoscaler"]  # dev's deletion holds
+    for container in containers(track).values():
+        assert container["envFrom"] == [{"configMapRef": {"name": config["metadata"]["name"]}}]
+        assert (
+            env_of(container)["VISIONOPS_MODEL_URI"]["value"] != "s3://visionops/models/glasses/m-deployed-v7"
+        )
+    assert env_of(containers(track)[SERVING])["VISIONOPS_VARIANT"]["value"] == component
+    assert env_of(containers(stable)[SERVING])["VISIONOPS_VARIANT"]["value"] == "stable"
+    for obj in rendered:
+        validate(obj)
+
+
+def _flagger_selector(deployment: dict) -> dict[str, str]:
+    """fluxcd/flagger v1.44.0 pkg/canary/deployment_controller.go getSelectorLabel with the default
+    --selector-labels "app,name,app.kubernetes.io/name" (cmd/flagger/main.go): the first one in the
+    target's spec.selector.matchLabels; its Services select {label: value} (canary) / value-primary."""
+    match = deployment["spec"]["selector"]["matchLabels"]
+    label = next(name for name in ("app", "name", "app.kubernetes.io/name") if name in match)
+    return {label: match[label]}
+
+
+def test_flagger_selects_only_serving_pods_and_takes_over_the_hpa(tmp_path):
+    canary = one("experiments", "Canary", "visionops-serving")
+    target = one("base", "Deployment", canary["spec"]["targetRef"]["name"])
+    selector = _flagger_selector(target)
+    assert selector == {"app": "visionops-serving"}
+    pods = [
+        (name, dep["metadata"]["name"], dep["spec"]["template"]["metadata"]["labels"])
+        for name in [*KUSTOMIZATIONS]
+        for dep in objects(name, "Deployment")
+    ]
+    selected = {(name, dep) for name, dep, labels in pods if selects(selector, labels)}
+    assert selected and all(
+        labels["app.kubernetes.io/component"] == "serving"
+        for name, dep, labels in pods
+        if (name, dep) in selected
+    )
+    assert ("experiments", "visionops-router") not in selected
+    assert ("experiments", "visionops-canary-webhook") not in selected
+    ref = canary["spec"]["autoscalerRef"]
+    hpa = one("base", "HorizontalPodAutoscaler", ref["name"])
+    assert (ref["apiVersion"], ref["kind"]) == (hpa["apiVersion"], hpa["kind"])
+    assert hpa["spec"]["scaleTargetRef"]["name"] == target["metadata"]["name"]
+    # with the flagger Component each track logs its own `app` label, the names the webhook compares
+    rendered = render_overlay(
+        tmp_path,
+        "resources: [MANIFESTS/base]\ncomponents: [MANIFESTS/components/model-uri, MANIFESTS/components/flagger]\n",
+    )
+    (dep,) = [o for o in rendered if o["kind"] == "Deployment"]
+    variant = env_of(containers(dep)[SERVING])["VISIONOPS_VARIANT"]
+    assert variant == {
+        "name": "VISIONOPS_VARIANT",
+        "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}},
+    }
+    primary = {"app": f"{selector['app']}-primary"}  # Flagger's primary pods
+    args = one("experiments", "Deployment", "visionops-canary-webhook")["spec"]["template"]["spec"][
+        "containers"
+    ][0]["args"]
+    weights = args[args.index("--weights") + 1]
+    assert {w.split("=")[0] for w in weights.split(",")} == {primary["app"], selector["app"]}
+    assert args[args.index("--control") + 1] == primary["app"]
+    validate(dep)
+
+
+def test_the_sidecar_alone_gets_the_kfp_token_and_the_client_reads_it(tmp_path):
+    from visionops.pipeline.client import DEFAULT_TOKEN_PATH, TOKEN_AUDIENCE, read_token
+
+    for name in SERVING_KUSTOMIZATIONS:
+        for dep in objects(name, "Deployment"):
+            pod = dep["spec"]["template"]["spec"]
+            assert pod["automountServiceAccountToken"] is False
+            volumes = {v["name"]: v for v in pod["volumes"]}
+            monitor = containers(dep)[MONITOR]
+            (mount,) = [m for m in monitor["volumeMounts"] if m["name"] == "kfp-token"]
+            (source,) = volumes["kfp-token"]["projected"]["sources"]
+            token = source["serviceAccountToken"]
+            assert token["audience"] == TOKEN_AUDIENCE == "pipelines.kubeflow.org"
+            assert f"{mount['mountPath']}/{token['path']}" == DEFAULT_TOKEN_PATH
+            assert mount["readOnly"] is True
+            assert "VISIONOPS_KFP_TOKEN_PATH" not in effective_env(name, monitor)  # the default path is it
+            serving = containers(dep)[SERVING]
+            assert all(m["name"] != "kfp-token" for m in serving.get("volumeMounts", [])), name
+    # the client reads a token laid out as the volume lays it out
+    mounted = tmp_path / DEFAULT_TOKEN_PATH.lstrip("/")
+    mounted.parent.mkdir(parents=True)
+    mounted.write_text("eyJhbGciOi.projected\n")
+    assert read_token(str(mounted)) == "eyJhbGciOi.projected"
+
+
+def test_the_retraining_trigger_is_wired_to_the_kubeflow_install():
+    """Namespace labels that Kubeflow's NetworkPolicies admit, the profile, RBAC and the run parameters."""
+    from visionops.drift.trigger import warm_start_params
+    from visionops.pipeline.training import pipeline_parameters
+
+    data = config_data("base")
+    profile = data["VISIONOPS_KFP_NAMESPACE"]
+    namespace = one("base", "Namespace", "visionops")
+    # kubeflow/manifests v1.11.0 common/networkpolicies/base/ml-pipeline.yaml (and minio.yaml; kubeflow/
+    # pipelines 2.17.0 third-party/seaweedfs/base/seaweedfs/seaweedfs-networkpolicy.yaml): ingress only from
+    # namespaces whose app.kubernetes.io/part-of is kubeflow-profile
+    assert namespace["metadata"]["labels"]["app.kubernetes.io/part-of"] == "kubeflow-profile"
+    assert namespace["metadata"]["name"] == profile
+    assert data["VISIONOPS_KFP_HOST"] == "http://ml-pipeline.kubeflow.svc.cluster.local:8888"
+    assert data["S3_ENDPOINT_URL"] == "http://seaweedfs.kubeflow.svc.cluster.local:8333"
+    binding = one("rbac", "RoleBinding", "visionops-retrain-trigger")
+    dep = one("base", "Deployment", "visionops-serving")
+    assert binding["metadata"]["namespace"] == profile
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kubeflow-pipelines-edit",
+    }  # fmt: skip
+    assert binding["subjects"] == [
+        {
+            "kind": "ServiceAccount",
+            "name": dep["spec"]["template"]["spec"]["serviceAccountName"],
+            "namespace": dep["metadata"]["namespace"],
+        }
+    ]
+    # every required run parameter is set: the API refuses a run without them
+    required = {name for name, (_, default) in pipeline_parameters().items() if default is ...}
+    params = {**warm_start_params("s3://m"), **json.loads(data["VISIONOPS_KFP_PARAMS"])}
+    assert required <= set(params), required - set(params)
+
+
+def test_schemas_are_the_pinned_upstream_crds_and_reject_what_they_reject():
+    """manifests/schemas are generated by scripts/crd_schemas.py from the CRDs at the pinned tags: a field the
+    real CRD lacks is refused, e.g. HTTPRoute `retry`, which gateway-api v1.4.1 ships only in the
+    experimental channel (config/crd/experimental, not config/crd/standard)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import crd_schemas
+    finally:
+        sys.path.pop(0)
+    pins = {filename: f"{repo}@{tag} {path}" for repo, tag, path, _, _, filename in crd_schemas.PINS}
+    assert set(pins) == set(CRD_SCHEMAS.values())
+    for filename, source in pins.items():
+        comment = json.loads((SCHEMAS / filename).read_text())["$comment"]
+        assert comment.startswith(f"generated by scripts/crd_schemas.py from {source}"), filename
+    route = copy.deepcopy(one("overlays/shadow", "HTTPRoute", "visionops-serving"))
+    validate(route)
+    route["spec"]["rules"][0]["retry"] = {"attempts": 2}
+    with pytest.raises(jsonschema.ValidationError, match="retry"):
+        validate(route)
+    canary = copy.deepcopy(one("experiments", "Canary", "visionops-serving"))
+    canary["spec"]["analysis"]["stepWeigth"] = 10
+    with pytest.raises(jsonschema.ValidationError, match="stepWeigth"):
+        validate(canary)
+    canary = copy.deepcopy(one("experiments", "Canary", "visionops-serving"))
+    canary["spec"]["analysis"]["threshold"] = "three"  # the CRD says integer
+    with pytest.raises(jsonschema.ValidationError):
+        validate(canary)

@@ -224,7 +224,7 @@ def test_promtool_catches_a_broken_case(tmp_path):
 
 # -- a real Prometheus scraping a real serving process and a real sidecar ------------------------------------
 def _cli(*args: str) -> list[str]:
-    from visionops.demo.launcher import CLI
+    from visionops.pipeline.local_runs import CLI
 
     return [*CLI, *args]
 

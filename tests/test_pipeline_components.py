@@ -194,3 +194,37 @@ def test_component_artifact_types_are_the_ui_types():
     assert types["classification"] == "system.ClassificationMetrics@0.0.1"
     assert types["model_card"] == "system.Markdown@0.0.1" and types["model_card_html"] == "system.HTML@0.0.1"
     assert types["candidate"] == "system.Model@0.0.1" and types["Output"] == "Boolean"
+
+
+def test_deploy_copies_the_blessed_bundle_to_the_model_registry(tmp_path):
+    """Serving reads its own store: deploy publishes <registry>/<model version> and points serving there."""
+    from kfp.dsl import Artifact, Model
+    from visionops.bundle import read_meta, update_meta
+    from visionops.pipeline.components import deploy
+
+    from tests.test_drift_support import tiny_bundle
+
+    bundle = tiny_bundle(str(tmp_path / "artifact"))
+    version = read_meta(bundle)["model_version"]
+    model = Model(name="candidate", uri=str(tmp_path / "artifact"), metadata={})
+    model.path = bundle
+    record = Artifact(name="record", uri=str(tmp_path / "record"), metadata={})
+    record.path = str(tmp_path / "record.json")
+    registry = str(tmp_path / "registry")
+    uri = deploy.python_func(
+        model=model, target="none", namespace="visionops", deployment="visionops-serving", state_dir="",
+        registry_uri=registry, record=record,
+    )  # fmt: skip
+    assert uri == f"{registry}/{version}"
+    assert read_meta(uri)["model_version"] == version and record.metadata["model_uri"] == uri
+    # the same bundle again: reused; another bundle under the same version: refused (versions never change)
+    assert deploy.python_func(
+        model=model, target="none", namespace="visionops", deployment="visionops-serving", state_dir="",
+        registry_uri=registry, record=record,
+    ) == uri  # fmt: skip
+    update_meta(bundle, threshold=0.123)
+    with pytest.raises(StorageError, match="different bundle"):
+        deploy.python_func(
+            model=model, target="none", namespace="visionops", deployment="visionops-serving", state_dir="",
+            registry_uri=registry, record=record,
+        )  # fmt: skip

@@ -185,7 +185,7 @@ def test_first_submit_uploads_pipeline_creates_experiment_and_run(kfp_server):
     assert run["runtime_config"]["parameters"] == {
         "data_uri": "s3://datasets/glasses/raw",
         "epochs": 3,
-        "gpu_count": 2,
+        "gpu_count": "2",  # a STRING parameter (the driver reads GPU counts as strings): 2 is sent as "2"
     }
     assert "pipeline_spec" not in run  # runs reference the uploaded version, not an inline copy
     assert result.run_id == "r-1" and result.recurring_run_id is None
@@ -307,3 +307,16 @@ def test_cli_submit(kfp_server):
         "warm_start": True,
     }
     assert kfp_server.requests[-1].headers["authorization"] == "Bearer abc"
+
+
+def test_token_file_is_read_like_the_trigger_reads_it(kfp_server, tmp_path, monkeypatch):
+    """One client, one token lookup: a token file named by KF_PIPELINES_SA_TOKEN_PATH (or token_path)."""
+    from visionops.pipeline.submit import submit
+
+    token_file = tmp_path / "token"
+    token_file.write_text("projected-token\n")
+    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(token_file))
+    submit(kfp_server.url, params={"data_uri": "s3://d/raw"})
+    assert {r.headers.get("authorization") for r in kfp_server.requests} == {"Bearer projected-token"}
+    with pytest.raises(ConfigError, match="token file .* does not exist"):
+        submit(kfp_server.url, params={"data_uri": "s3://d/raw"}, token_path=str(tmp_path / "missing"))

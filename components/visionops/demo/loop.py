@@ -5,7 +5,7 @@ Every part is a real process on 127.0.0.1: ``visionops serve`` (BentoML), ``visi
 sidecar), ``prometheus`` (scraping both, with the alert rules of manifests/observability/prometheusrule.yaml:
 a demo copy whose ``for:`` durations are shortened to seconds) and ``prometheus-alertmanager`` (whose webhook is
 the sidecar's ``/alerts``). The sidecar's retraining trigger points at ``local://<output>/runs``: it starts
-the training pipeline with :func:`visionops.demo.launcher.launch_local_run`, the same code path that starts a
+the training pipeline with :func:`visionops.pipeline.local_runs.launch_local_run`, the same code path that starts a
 KFP run on a cluster. Without the Prometheus/Alertmanager binaries, the sidecar's own trigger (drift in
 consecutive windows) starts the run instead, and the demo says so.
 
@@ -36,8 +36,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from visionops.demo.launcher import CLI
 from visionops.errors import VisionOpsError
+from visionops.pipeline.local_runs import CLI
 
 log = logging.getLogger(__name__)
 
@@ -515,7 +515,7 @@ class Loop:
         self.stop_traffic_and_report(monitor_url)
 
         # 3c. the retraining run
-        from visionops.demo.launcher import wait_for_run
+        from visionops.pipeline.local_runs import wait_for_run
 
         status = wait_for_run(out / "runs", run_id, timeout=cfg.stage_timeout_s)
         run_dir = out / "runs" / run_id

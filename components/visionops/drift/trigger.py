@@ -5,6 +5,11 @@ starts when the first condition is raised while none is active and ends when eve
 The first raise of an episode starts one KFP run (unless inside the cooldown after the previous run, or in
 dry-run mode); later raises in the same episode start nothing. ``alert`` (the ``visionops_retrain_alert``
 gauge) is 1 while any condition is active, whatever the outcome, so Alertmanager sees it either way.
+
+One run per episode for the whole fleet: every replica's sidecar (and a canary's or shadow's, which carry
+other model versions and so other episodes) names its runs ``retrain-<model version>-...`` and starts one
+through :func:`visionops.pipeline.client.create_run_once`, which joins a run of that episode created within
+the cooldown by another replica instead of starting a second (outcome ``joined``).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from visionops.errors import ConfigError, VisionOpsError
 
 log = logging.getLogger(__name__)
 
-OUTCOMES = ("created", "dry_run", "cooldown", "suppressed", "failed", "not_configured")
+OUTCOMES = ("created", "joined", "dry_run", "cooldown", "suppressed", "failed", "not_configured")
 
 
 @dataclass(frozen=True)
@@ -59,7 +64,7 @@ class RetrainTrigger:
         model_uri: str,
         model_version: str = "",
         on_outcome: Callable[[str], None] | None = None,
-        create_run: Callable[..., str] | None = None,
+        create_run: Callable[..., tuple[str, bool]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -102,10 +107,15 @@ class RetrainTrigger:
             if self._active.pop(source, None) is not None:
                 self.events.append({"time": self._clock(), "source": source, "outcome": "cleared"})
 
+    @property
+    def episode(self) -> str:
+        """The prefix of every run name of this model's retraining: the same on every replica."""
+        return f"retrain-{self.model_version or 'model'}"
+
     def _start_run(self, source: str, reason: str, now: float) -> dict:
         s = self.settings
         params = {**warm_start_params(self.model_uri), **s.params}
-        run_name = f"retrain-{self.model_version or 'model'}-{source.replace(':', '-')}-{int(now)}"
+        run_name = f"{self.episode}-{source.replace(':', '-')}-{int(now)}"
         if s.dry_run:
             self._last_run_at = now
             return self._record(source, "dry_run", reason, params=params, run_name=run_name)
@@ -113,14 +123,16 @@ class RetrainTrigger:
             return self._record(source, "not_configured", reason, why="no KFP host configured", params=params)
         create = self._create_run
         if create is None:
-            from visionops.kfp_client import create_run as create
+            from visionops.pipeline.client import create_run_once as create
         try:
-            run_id = create(
+            run_id, created = create(
                 s.kfp_host,
                 pipeline_name=s.pipeline,
                 params=params,
                 experiment=s.experiment,
                 run_name=run_name,
+                episode=self.episode,
+                window_s=s.cooldown_s,
                 token=s.token,
                 token_path=s.token_path,
                 namespace=s.namespace,
@@ -131,13 +143,14 @@ class RetrainTrigger:
             log.error("retraining trigger failed: %s", exc)
             return self._record(source, "failed", reason, why=str(exc))
         self._last_run_at = now
-        return self._record(source, "created", reason, run_id=run_id, params=params, run_name=run_name)
+        outcome = "created" if created else "joined"
+        return self._record(source, outcome, reason, run_id=run_id, params=params, run_name=run_name)
 
     def _record(self, source: str, outcome: str, reason: str, **extra: Any) -> dict:
         event = {"time": self._clock(), "source": source, "reason": reason, "outcome": outcome, **extra}
         self.events.append(event)
         self._on_outcome(outcome)
-        if outcome in ("created", "dry_run", "failed", "cooldown", "not_configured"):
+        if outcome in ("created", "joined", "dry_run", "failed", "cooldown", "not_configured"):
             log.warning("retraining trigger (%s): %s -- %s", source, outcome, reason)
         return event
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from visionops import policy
 from visionops.errors import ConfigError
 
 pipeline_app = typer.Typer(
@@ -17,15 +18,21 @@ _PARAM_HELP = "Pipeline parameter NAME=VALUE (repeatable; dicts as JSON), e.g. -
 
 
 def _settings(
-    image: str | None, secret: str, node_selector: list[str], toleration: list[str] | None, shm_size: str
+    image: str | None,
+    secret: str,
+    node_selector: list[str],
+    toleration: list[str] | None,
+    shm_size: str,
+    step_node_selector: list[str] = (),
 ):
-    from visionops.pipeline.training import ClusterSettings, parse_node_selector, parse_toleration
+    from visionops.pipeline.cluster import ClusterSettings, parse_node_selector, parse_toleration
 
     extra = {} if toleration is None else {"tolerations": tuple(parse_toleration(t) for t in toleration)}
     return ClusterSettings(
         image=image or "",
         s3_secret=secret,
         node_selector=parse_node_selector(node_selector),
+        step_node_selector=parse_node_selector(step_node_selector),
         shm_size=shm_size,
         **extra,
     )
@@ -49,7 +56,7 @@ IMAGE_OPT = typer.Option(
     help="Container image of every step (default: visionops.DEFAULT_IMAGE or $VISIONOPS_IMAGE).",
 )
 SECRET_OPT = typer.Option(
-    "visionops-s3",
+    policy.S3_SECRET_NAME,
     "--secret",
     help="Kubernetes Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, S3_ENDPOINT_URL.",
 )
@@ -62,21 +69,31 @@ TOLERATION_OPT = typer.Option(
     help="Train-step toleration KEY[=VALUE][:EFFECT] (repeatable; default nvidia.com/gpu:NoSchedule).",
 )
 SHM_OPT = typer.Option("4Gi", "--shm-size", help="Size of the memory-backed /dev/shm of the train step.")
+STEP_SELECTOR_OPT = typer.Option(
+    [], "--step-node-selector", help="Node label KEY=VALUE every step must run on (repeatable)."
+)
 
 
 @pipeline_app.command("compile")
 def compile_cmd(
     output: Path = typer.Argument(..., help="Where to write the IR YAML (upload it in the Kubeflow UI)."),
+    pipeline: str = typer.Option(
+        "training",
+        "--pipeline",
+        help="Which pipeline: training, experiment-analysis or weekly-review.",
+    ),
     image: str | None = IMAGE_OPT,
     secret: str = SECRET_OPT,
     node_selector: list[str] = NODE_SELECTOR_OPT,
     toleration: list[str] | None = TOLERATION_OPT,
     shm_size: str = SHM_OPT,
+    step_node_selector: list[str] = STEP_SELECTOR_OPT,
 ) -> None:
-    """Compile the training pipeline to KFP IR YAML."""
+    """Compile a pipeline (default: training) to KFP IR YAML, with the same cluster settings for each."""
     from visionops.pipeline.compile import compile_pipeline
 
-    path = compile_pipeline(output, settings=_settings(image, secret, node_selector, toleration, shm_size))
+    settings = _settings(image, secret, node_selector, toleration, shm_size, step_node_selector)
+    path = compile_pipeline(output, settings=settings, pipeline=pipeline)
     typer.echo(f"compiled pipeline: {path}")
 
 
@@ -100,7 +117,9 @@ def run_cmd(
     ),
     epochs: int | None = typer.Option(None, "--epochs", help="Training epochs (local default 6)."),
     target_precision: float | None = typer.Option(
-        None, "--target-precision", help="Precision target of the positive class (default 0.95)."
+        None,
+        "--target-precision",
+        help=f"Precision target of the positive class (default {policy.TARGET_PRECISION}).",
     ),
     param: list[str] = typer.Option([], "--param", "-p", help=_PARAM_HELP),
     demo_count: int = typer.Option(
@@ -175,6 +194,7 @@ def submit_cmd(
     node_selector: list[str] = NODE_SELECTOR_OPT,
     toleration: list[str] | None = TOLERATION_OPT,
     shm_size: str = SHM_OPT,
+    step_node_selector: list[str] = STEP_SELECTOR_OPT,
 ) -> None:
     """Upload the pipeline (a new version when it exists) and start a run, or a recurring run with --schedule."""
     from visionops.pipeline.submit import submit
@@ -188,7 +208,7 @@ def submit_cmd(
         cookies=cookies,
         namespace=namespace,
         run_name=run_name,
-        settings=_settings(image, secret, node_selector, toleration, shm_size),
+        settings=_settings(image, secret, node_selector, toleration, shm_size, step_node_selector),
         package=package,
         service_account=service_account,
         pipeline_root=pipeline_root,

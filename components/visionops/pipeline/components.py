@@ -73,14 +73,20 @@ def train(
     warm_start: bool,
     pretrained_uri: str,
     overrides: dict,
-    gpu_count: int,
+    gpu_count: str,
     model: Output[Model],
 ):
     """Train a classifier on the dataset and write the model bundle (weights + preprocessing + lineage).
 
-    With ``gpu_count`` > 1 it trains with DDP, one process per GPU of the pod.
+    With ``gpu_count`` > 1 it trains with DDP, one process per GPU of the pod (a string: see gpu_placement).
     """
-    from visionops.pipeline.outputs import bundle_metadata, run_training, start_step, train_config
+    from visionops.pipeline.outputs import (
+        bundle_metadata,
+        gpu_processes,
+        run_training,
+        start_step,
+        train_config,
+    )
 
     start_step("train")
     config = train_config(
@@ -95,7 +101,7 @@ def train(
         warm_start=warm_start,
         overrides=overrides,
     )
-    uri = run_training(dataset.path, model.path, config, processes=gpu_count)
+    uri = run_training(dataset.path, model.path, config, processes=gpu_processes(gpu_count))
     model.metadata.update(bundle_metadata(uri))
 
 
@@ -155,16 +161,21 @@ def deploy(
     namespace: str,
     deployment: str,
     state_dir: str,
+    registry_uri: str,
     record: Output[Artifact],
 ) -> str:
-    """Roll the serving Deployment forward to the blessed bundle (``target``: kubernetes, local or none)."""
+    """Copy the blessed bundle to the model registry (serving's own store; empty = serve the pipeline's
+    artifact) and roll the serving Deployment forward to it (``target``: kubernetes, local or none)."""
     import json
 
     from visionops.deploy import deploy as deploy_model
-    from visionops.pipeline.outputs import start_step, storage_uri
+    from visionops.pipeline.outputs import publish_to_registry, start_step, storage_uri
 
     start_step("deploy")
-    model_uri = storage_uri(model.uri, model.path)
+    if registry_uri:
+        model_uri = publish_to_registry(model.path, registry_uri)
+    else:
+        model_uri = storage_uri(model.uri, model.path)
     result = deploy_model(
         model_uri, target=target, namespace=namespace, deployment=deployment, state_dir=state_dir or None
     )

@@ -2,14 +2,22 @@
 :func:`visionops.experiments.analysis.analyze`, and a one-step pipeline to run it on demand or on a schedule.
 
 The report is an ``HTML`` artifact (the Kubeflow UI shows it), the figures ``Metrics``, the verdict the output.
+The pipeline is built by :func:`build_experiment_analysis_pipeline` from
+:class:`~visionops.pipeline.cluster.ClusterSettings` (image, Secret, node selector, resources, retries), like
+every pipeline; ``experiment_analysis_pipeline`` is the one with the defaults (built on first access).
 No ``from __future__ import annotations`` here: KFP reads the real annotation objects.
 """
+
+from typing import Any
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Metrics, Output
 
+from visionops import policy
+from visionops.pipeline.cluster import ClusterSettings, configure_task, with_image
 from visionops.pipeline.image import IMAGE
-from visionops.pipeline.label_components import S3_SECRET, S3_SECRET_KEYS
+
+PIPELINE_NAME = "visionops-experiment-analysis"
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -56,34 +64,45 @@ def analyze_experiment(
     return result.get("verdict", "")
 
 
-@dsl.pipeline(
-    name="visionops-experiment-analysis",
-    description="Turn an online experiment's logs and feedback into a verdict and an HTML report.",
-)
-def experiment_analysis_pipeline(
-    logs_uri: str,
-    design: str = "canary",
-    feedback_uri: str = "",
-    weights: str = "",
-    control: str = "",
-    capture_uri: str = "",
-    target_precision: float = 0.95,
-):
-    from kfp import kubernetes
+def build_experiment_analysis_pipeline(settings: ClusterSettings | None = None):
+    """The one-step experiment-analysis pipeline for the given cluster settings."""
+    settings = settings or ClusterSettings()
+    analyze_op = with_image(analyze_experiment, settings.resolved_image)
 
-    task = analyze_experiment(
-        logs_uri=logs_uri,
-        design=design,
-        feedback_uri=feedback_uri,
-        weights=weights,
-        control=control,
-        capture_uri=capture_uri,
-        target_precision=target_precision,
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="Turn an online experiment's logs and feedback into a verdict and an HTML report.",
     )
-    task.set_display_name("Analyse experiment")
-    task.set_cpu_request("1").set_memory_request("2Gi").set_memory_limit("4Gi")
-    task.set_caching_options(enable_caching=False)  # logs grow: never reuse an old verdict
-    task.set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2.0)
-    kubernetes.use_secret_as_env(
-        task, secret_name=S3_SECRET, secret_key_to_env={k: k for k in S3_SECRET_KEYS}
-    )
+    def experiment_analysis_pipeline(
+        logs_uri: str,
+        design: str = "canary",
+        feedback_uri: str = "",
+        weights: str = "",
+        control: str = "",
+        capture_uri: str = "",
+        target_precision: float = policy.TARGET_PRECISION,
+    ):
+        task = analyze_op(
+            logs_uri=logs_uri,
+            design=design,
+            feedback_uri=feedback_uri,
+            weights=weights,
+            control=control,
+            capture_uri=capture_uri,
+            target_precision=target_precision,
+        )
+        # logs grow: never reuse an old verdict
+        configure_task(
+            task, "analyze", settings, display_name="Analyse experiment", retried=True, cached=False
+        )
+
+    return experiment_analysis_pipeline
+
+
+def __getattr__(name: str) -> Any:
+    """``experiment_analysis_pipeline``: built with the default settings on first access (not at import)."""
+    if name == "experiment_analysis_pipeline":
+        pipeline = build_experiment_analysis_pipeline()
+        globals()[name] = pipeline
+        return pipeline
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,18 +5,23 @@ The body imports the library (only the body is shipped to the pod / the local su
 function, :func:`visionops.labeling.prepare_review_batch`. Its outputs: the batch folder as an ``Artifact``
 (selection.csv, tasks.json for Label Studio, review.csv, labeling_config.xml) and the counts as ``Metrics``.
 
+The pipeline is built by :func:`build_weekly_review_pipeline` from
+:class:`~visionops.pipeline.cluster.ClusterSettings` (image, the object-storage Secret, node selector,
+resources, retries), like every pipeline; ``weekly_review_pipeline`` is the one with the defaults (built on
+first access, not at import).
+
 No ``from __future__ import annotations`` here: KFP reads the real annotation objects.
 """
+
+from typing import Any
 
 from kfp import dsl
 from kfp.dsl import Artifact, Metrics, Output
 
+from visionops.pipeline.cluster import ClusterSettings, configure_task, with_image
 from visionops.pipeline.image import IMAGE
 
-#: The Kubernetes Secret (and its keys = env var names) with the object-storage credentials; the same one
-#: the training pipeline uses (visionops.pipeline.training). Not set by kfp.local, where the env is used.
-S3_SECRET = "visionops-s3"
-S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "S3_ENDPOINT_URL")
+PIPELINE_NAME = "visionops-weekly-review"
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
@@ -60,40 +65,51 @@ def prepare_review_batch(
         counts.log_metric(key, summary[key])
 
 
-@dsl.pipeline(
-    name="visionops-weekly-review",
-    description="Prepare the week's review batch: captured images closest to the champion's threshold plus a "
-    "random share, pre-labeled by the champion, as Label Studio tasks and a CSV.",
-)
-def weekly_review_pipeline(
-    capture_uri: str,
-    champion_uri: str,
-    output_uri: str = "",
-    budget: int = 200,
-    random_share: float = 0.2,
-    days: int = 7,
-    labeled_uris: list = [],  # noqa: B006 (KFP reads the default from the signature)
-    seed: int = 0,
-    presign_endpoint: str = "",
-):
-    """``output_uri`` may hold ``{week}`` or ``{date}`` (e.g. ``s3://reviews/{week}``); empty = the artifact."""
-    from kfp import kubernetes
+def build_weekly_review_pipeline(settings: ClusterSettings | None = None):
+    """The one-step weekly-review pipeline for the given cluster settings."""
+    settings = settings or ClusterSettings()
+    prepare_op = with_image(prepare_review_batch, settings.resolved_image)
 
-    task = prepare_review_batch(
-        capture_uri=capture_uri,
-        champion_uri=champion_uri,
-        output_uri=output_uri,
-        budget=budget,
-        random_share=random_share,
-        days=days,
-        labeled_uris=labeled_uris,
-        seed=seed,
-        presign_endpoint=presign_endpoint,
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="Prepare the week's review batch: captured images closest to the champion's threshold plus "
+        "a random share, pre-labeled by the champion, as Label Studio tasks and a CSV.",
     )
-    task.set_display_name("Prepare review batch")
-    task.set_cpu_request("1").set_cpu_limit("4").set_memory_request("2Gi").set_memory_limit("8Gi")
-    task.set_caching_options(enable_caching=False)  # new captures every week: never reuse an old batch
-    task.set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2.0)
-    kubernetes.use_secret_as_env(
-        task, secret_name=S3_SECRET, secret_key_to_env={k: k for k in S3_SECRET_KEYS}
-    )
+    def weekly_review_pipeline(
+        capture_uri: str,
+        champion_uri: str,
+        output_uri: str = "",
+        budget: int = 200,
+        random_share: float = 0.2,
+        days: int = 7,
+        labeled_uris: list = [],  # noqa: B006 (KFP reads the default from the signature)
+        seed: int = 0,
+        presign_endpoint: str = "",
+    ):
+        """``output_uri`` may hold ``{week}`` or ``{date}`` (e.g. ``s3://reviews/{week}``); empty = the artifact."""
+        task = prepare_op(
+            capture_uri=capture_uri,
+            champion_uri=champion_uri,
+            output_uri=output_uri,
+            budget=budget,
+            random_share=random_share,
+            days=days,
+            labeled_uris=labeled_uris,
+            seed=seed,
+            presign_endpoint=presign_endpoint,
+        )
+        # new captures every week: never reuse an old batch
+        configure_task(
+            task, "review", settings, display_name="Prepare review batch", retried=True, cached=False
+        )
+
+    return weekly_review_pipeline
+
+
+def __getattr__(name: str) -> Any:
+    """``weekly_review_pipeline``: built with the default settings on first access (not at import)."""
+    if name == "weekly_review_pipeline":
+        pipeline = build_weekly_review_pipeline()
+        globals()[name] = pipeline
+        return pipeline
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -34,8 +34,9 @@ LOCAL_DEFAULTS: dict[str, Any] = {
     "learning_rate": 0.003,
     "val_fraction": 0.2,
     "test_fraction": 0.2,
-    "gpu_count": 0,
+    "gpu_count": "0",
     "deploy_target": "local",
+    "model_registry_uri": "",  # locally serving reads the pipeline's own output folder
 }
 DEMO_COUNT = 1000
 DEMO_SIZE = 64

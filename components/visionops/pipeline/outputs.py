@@ -184,6 +184,17 @@ def train_config(
     return TrainConfig.from_dict(_ints_back(TrainConfig, {**fields, **dict(overrides or {})}))
 
 
+def gpu_processes(gpu_count: str | int) -> int:
+    """The training processes for the ``gpu_count`` run parameter (a string on the cluster): "2" -> 2."""
+    try:
+        count = int(str(gpu_count).strip() or "0")
+    except ValueError as exc:
+        raise ConfigError(f"gpu_count must be a whole number of GPUs, got {gpu_count!r}") from exc
+    if count < 0:
+        raise ConfigError(f"gpu_count must be >= 0, got {count}")
+    return count
+
+
 def run_training(dataset_path: str, model_path: str, config, *, processes: int = 1) -> str:
     """Train in this process, or with ``processes`` > 1 as a single-node DDP job (one process per GPU).
 
@@ -210,6 +221,28 @@ def run_training(dataset_path: str, model_path: str, config, *, processes: int =
     )
     results = elastic_launch(launch, train)(dataset_path, model_path, config)
     return results[0]
+
+
+def publish_to_registry(bundle_path: str | Path, registry_uri: str) -> str:
+    """Copy a blessed bundle to ``<registry_uri>/<model version>`` and return that URI (what serving loads).
+
+    The registry is serving's own store (e.g. ``s3://visionops/models/glasses``), so serving never needs to
+    read KFP's artifact store. A published version never changes: the same bundle again is reused, another
+    bundle under an existing version is refused.
+    """
+    from visionops import storage
+    from visionops.bundle import read_meta
+
+    version = read_meta(str(bundle_path)).get("model_version")
+    if not version:
+        raise StorageError(f"bundle {bundle_path} has no model_version; cannot publish it to {registry_uri}")
+    target = storage.join(registry_uri, version)
+    marker = Path(bundle_path) / "bundle.json"
+    if storage.exists(storage.join(target, "bundle.json")):
+        if storage.read_bytes(storage.join(target, "bundle.json")) == marker.read_bytes():
+            return target
+        raise StorageError(f"{target} already holds a different bundle of version {version}")
+    return storage.publish_dir(bundle_path, target, marker="bundle.json")
 
 
 def bundle_metadata(uri: str) -> dict[str, Any]:

@@ -4,9 +4,9 @@ One call compiles the pipeline, uploads it (a new version when a pipeline of tha
 version again when its content is unchanged), finds or creates the experiment, and starts a run — or, with a
 cron ``schedule``, a recurring run.
 
-Auth follows ``kfp.Client``: ``token`` (a bearer token, e.g. ``kubectl create token`` or an OIDC token),
-``cookies`` (e.g. ``authservice_session=...`` behind Dex/oauth2-proxy), or nothing: inside a cluster the pod's
-service-account token is used, outside it the ``KF_PIPELINES_*`` env and the kube config are read.
+Connection, token lookup (``token``, a token file, the projected ServiceAccount token), ``cookies`` (e.g.
+``authservice_session=...`` behind Dex/oauth2-proxy), the namespace default and the error type are those of
+:mod:`visionops.pipeline.client`, shared with the drift sidecar's retraining trigger.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from visionops.errors import ConfigError, VisionOpsError
+from visionops.pipeline.client import KfpError, api_error, connect
 from visionops.pipeline.training import PIPELINE_DESCRIPTION, PIPELINE_NAME, ClusterSettings
 
 log = logging.getLogger(__name__)
 
-
-class SubmitError(VisionOpsError):
-    """The Kubeflow Pipelines API refused or could not be reached."""
+#: The error of a refused submission: the one KFP client error (kept under this name for callers).
+SubmitError = KfpError
 
 
 @dataclass(frozen=True)
@@ -68,34 +68,6 @@ def _ui_link(host: str | None, page: str) -> str:
     return f"{host.rstrip('/')}/#/{page}" if host else f"/pipeline/#/{page}"
 
 
-def make_client(
-    host: str | None,
-    *,
-    token: str | None = None,
-    cookies: str | None = None,
-    namespace: str | None = None,
-    ssl_ca_cert: str | None = None,
-    verify_ssl: bool | None = None,
-):
-    """A ``kfp.Client`` with the usual auth options (see the module docstring)."""
-    import warnings
-
-    import kfp
-
-    with warnings.catch_warnings():
-        warnings.simplefilter(
-            "ignore", FutureWarning
-        )  # "This client only works with KFP v2.0.0-beta.2 and later"
-        return kfp.Client(
-            host=host,
-            existing_token=token,
-            cookies=cookies,
-            namespace=namespace or "kubeflow",
-            ssl_ca_cert=ssl_ca_cert,
-            verify_ssl=verify_ssl,
-        )
-
-
 def _version_id(client, pipeline_id: str, version_name: str) -> str | None:
     """The ID of the pipeline version called ``version_name``, if it exists."""
     result = client.list_pipeline_versions(
@@ -126,7 +98,7 @@ def upload(
             pipeline_id=pipeline.pipeline_id, page_size=1, sort_by="created_at desc"
         ).pipeline_versions
         if not versions:
-            raise SubmitError(f"pipeline {pipeline_name} was uploaded but the server lists no version of it")
+            raise KfpError(f"pipeline {pipeline_name} was uploaded but the server lists no version of it")
         return pipeline.pipeline_id, versions[0].pipeline_version_id, versions[0].display_name
     version_name = version_name_for(package)
     existing = _version_id(client, pipeline_id, version_name)
@@ -149,6 +121,7 @@ def submit(
     schedule: str | None = None,
     params: dict[str, Any] | None = None,
     token: str | None = None,
+    token_path: str | None = None,
     cookies: str | None = None,
     namespace: str | None = None,
     run_name: str | None = None,
@@ -174,11 +147,11 @@ def submit(
         raise ConfigError("the run needs data_uri (the images to train on, e.g. s3://bucket/raw/glasses)")
     cron = cron_expression(schedule) if schedule else None
     try:
-        client = client or make_client(
+        client = client or connect(
             host,
             token=token,
+            token_path=token_path,
             cookies=cookies,
-            namespace=namespace,
             ssl_ca_cert=ssl_ca_cert,
             verify_ssl=verify_ssl,
         )
@@ -226,11 +199,5 @@ def submit(
         )
     except VisionOpsError:
         raise
-    except Exception as exc:  # kfp_server_api.ApiException, urllib3 errors, ValueError from kfp.Client
-        status = getattr(exc, "status", None)
-        reason = getattr(exc, "body", None) or getattr(exc, "reason", None) or exc
-        where = host or "the in-cluster KFP API"
-        hint = " (check --token / --cookies)" if status in (401, 403) else ""
-        raise SubmitError(
-            f"Kubeflow Pipelines at {where} refused the submission: {status or ''} {reason}{hint}"
-        ) from exc
+    except Exception as exc:  # kfp_server_api.ApiException, urllib3 errors
+        raise api_error(exc, host, "refused the submission") from exc

@@ -1,13 +1,13 @@
 """Start a training-pipeline run on this machine, the way the KFP API starts one on a cluster.
 
-:func:`launch_local_run` is what ``visionops.kfp_client.create_run`` does for a host of the form
+:func:`launch_local_run` is what :func:`visionops.pipeline.client.create_run` does for a host of the form
 ``local://<runs_dir>``: the drift sidecar's retraining trigger (``--kfp-host local://DIR``) then starts local
 runs through the same code path that starts cluster runs. Each run is a detached subprocess
 (``visionops pipeline run --local``) with the run parameters mapped to its options; it lives in
 ``<runs_dir>/<run_id>/`` (``request.json``, ``run.log``, the pipeline outputs, and ``status.json`` once it
 finished). :func:`read_status` and :func:`wait_for_run` follow a run.
 
-``python -m visionops.demo.launcher exec RUN_DIR`` is the wrapper that runs the pipeline and writes the status
+``python -m visionops.pipeline.local_runs exec RUN_DIR`` is the wrapper that runs the pipeline and writes the status
 (the detached process).
 """
 
@@ -106,7 +106,7 @@ def launch_local_run(
     with (run_dir / LOG_FILE).open("ab") as log:
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "visionops.demo.launcher", "exec", str(run_dir)],
+                [sys.executable, "-m", "visionops.pipeline.local_runs", "exec", str(run_dir)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -173,7 +173,7 @@ def main(argv: list[str]) -> int:
     """``exec RUN_DIR``: run one local run and write its status (the detached process)."""
     if len(argv) == 2 and argv[0] == "exec":
         return _exec(Path(argv[1]))
-    print("usage: python -m visionops.demo.launcher exec RUN_DIR")
+    print("usage: python -m visionops.pipeline.local_runs exec RUN_DIR")
     return 2
 
 
