@@ -41,6 +41,8 @@ LONG_FUNCTIONS = {
     "passed) record per rule, in report order",
     "visionops.experiments.analysis.render_html": "HTML template of the experiment report: one section "
     "after another",
+    "visionops.pipeline.training.build_training_pipeline": "the training pipeline's graph: one KFP task per "
+    "stage wired to the previous one's outputs, in DAG order",
 }
 
 
