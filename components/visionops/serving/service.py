@@ -37,14 +37,14 @@ from bentoml.exceptions import ServiceUnavailable
 from bentoml.validators import ContentType
 from starlette.datastructures import UploadFile
 
-from visionops.errors import ImageError
+from visionops.errors import ImageError, PayloadTooLarge, RequestError, UnsupportedMediaType
 from visionops.images import ImageLimits
 from visionops.serving import bundled_model_uri
 from visionops.serving.capture import PayloadCapture
 from visionops.serving.emitter import DROP_REASONS, LazyRows, MonitorEmitter
 from visionops.serving.metrics import serving_metrics
 from visionops.serving.prediction_log import PredictionLog
-from visionops.serving.predictor import Predictor, image_error_status
+from visionops.serving.predictor import Predictor
 from visionops.serving.settings import ServingSettings
 
 log = logging.getLogger("visionops.serving")
@@ -68,37 +68,27 @@ class Upload:
     filename: str | None = None
 
 
-@dataclass
-class Problem:
-    """A request refused before any image was looked at (status + message)."""
-
-    status: int
-    message: str
-
-
-class BodyTooLarge(Exception):
+class BodyTooLarge(PayloadTooLarge):
     """Raised by :class:`BodyLimit` while a body without a (truthful) Content-Length is being read."""
-
-
-class RequestRefused(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def _media_type(value: str | None) -> str:
     return (value or "").split(";")[0].strip().lower()
 
 
-async def _read_uploads(request, field: str, *, many: bool) -> list[Upload] | Problem:
-    """The image(s) of a request: multipart field ``field`` (repeated when ``many``) or a raw image body."""
+async def _read_uploads(request, field: str, *, many: bool) -> list[Upload] | RequestError:
+    """The image(s) of a request: multipart field ``field`` (repeated when ``many``) or a raw image body.
+
+    A refused request comes back as its :class:`RequestError` (whose type carries the status), answered by
+    the endpoint so that it gets a request id and is counted like every other answer.
+    """
     try:
         return await _parse_uploads(request, field, many=many)
-    except BodyTooLarge as exc:
-        return Problem(413, str(exc))
+    except RequestError as exc:
+        return exc
 
 
-async def _parse_uploads(request, field: str, *, many: bool) -> list[Upload] | Problem:
+async def _parse_uploads(request, field: str, *, many: bool) -> list[Upload]:
     media = _media_type(request.headers.get("content-type"))
     if media.startswith("image/") or (media == "application/octet-stream" and not many):
         body = await request.body()
@@ -109,30 +99,29 @@ async def _parse_uploads(request, field: str, *, many: bool) -> list[Upload] | P
             if many
             else f"multipart/form-data with the field {field!r}, or the raw image with Content-Type image/*"
         )
-        return Problem(415, f"unsupported Content-Type {media or '(none)'!r}: send {how}")
+        raise UnsupportedMediaType(f"unsupported Content-Type {media or '(none)'!r}: send {how}")
     try:
         form = await request.form()
     except BodyTooLarge:
         raise
     except Exception as exc:  # malformed multipart body
-        return Problem(400, f"malformed multipart body: {exc}")
+        raise RequestError(f"malformed multipart body: {exc}") from exc
     parts = form.getlist(field)
     if not parts:
-        return Problem(
-            400,
+        raise RequestError(
             f"multipart field {field!r} is missing (got fields {sorted(set(form.keys()))}); "
             f"send the image{'s' if many else ''} as {field!r}",
         )
     if not many and len(parts) > 1:
-        return Problem(400, f"send exactly one {field!r} field here; use /classify_batch for several images")
+        raise RequestError(f"send exactly one {field!r} field here; use /classify_batch for several images")
     uploads = []
     for part in parts:
         if not isinstance(part, UploadFile):
-            return Problem(400, f"field {field!r} must be a file upload, not a text value")
+            raise RequestError(f"field {field!r} must be a file upload, not a text value")
         ctype = _media_type(part.content_type)
         if ctype and not ctype.startswith(ACCEPTED_TYPES):
-            return Problem(
-                415, f"part {part.filename or field!r} has Content-Type {ctype!r}; send an image/*"
+            raise UnsupportedMediaType(
+                f"part {part.filename or field!r} has Content-Type {ctype!r}; send an image/*"
             )
         uploads.append(Upload(await part.read(), ctype or None, part.filename))
     return uploads
@@ -186,8 +175,11 @@ class BodyLimit:
             if length is not None and length.isdigit() and int(length) > limit:
                 from starlette.responses import JSONResponse
 
-                message = f"request body of {int(length)} bytes exceeds the limit of {limit} bytes"
-                await JSONResponse({"error": message}, status_code=413)(scope, receive, send)
+                refused = PayloadTooLarge(
+                    f"request body of {int(length)} bytes exceeds the limit of {limit} bytes"
+                )
+                response = JSONResponse({"error": str(refused)}, status_code=refused.http_status)
+                await response(scope, receive, send)
                 return
             receive = _counting(receive, limit)
         await self.app(scope, receive, send)
@@ -264,8 +256,9 @@ class VisionOpsClassifier:
 
     @bentoml.on_shutdown
     def _flush(self) -> None:
-        """Deliver what is queued for the monitor and the prediction log before the process exits."""
-        for sink in (self.emitter, self.prediction_log):
+        """Deliver what is queued for the monitor, the prediction log and the capture before the process
+        exits (each within its own deadline; what is left is dropped and counted)."""
+        for sink in (self.emitter, self.prediction_log, self.capture):
             if sink is not None:
                 sink.close(timeout=5.0)
 
@@ -316,13 +309,14 @@ class VisionOpsClassifier:
             try:
                 image = self.predictor.decode(upload.data)
             except ImageError as exc:
-                where = f"image {i} ({upload.filename}): " if len(uploads) > 1 else ""
-                raise RequestRefused(image_error_status(exc), f"{where}{exc}") from exc
+                if len(uploads) > 1:  # same type (so the same status), the message says which image
+                    raise type(exc)(f"image {i} ({upload.filename}): {exc}") from exc
+                raise
             prepared.append((image, self.predictor.to_tensor(image)))
         return prepared
 
     async def _answer(
-        self, endpoint: str, uploads: list[Upload] | Problem, ctx: bentoml.Context, *, many: bool
+        self, endpoint: str, uploads: list[Upload] | RequestError, ctx: bentoml.Context, *, many: bool
     ):
         started = time.perf_counter()
         rid = self._request_id(ctx)
@@ -330,18 +324,17 @@ class VisionOpsClassifier:
         version = self.predictor.version
         status = 200
         try:
-            if isinstance(uploads, Problem):
-                raise RequestRefused(uploads.status, uploads.message)
+            if isinstance(uploads, RequestError):
+                raise uploads
             if many and len(uploads) > self.settings.max_request_images:
-                raise RequestRefused(
-                    413,
+                raise PayloadTooLarge(
                     f"{len(uploads)} images in one request; the limit is {self.settings.max_request_images} "
                     "(VISIONOPS_MAX_REQUEST_IMAGES)",
                 )
             prepared = await anyio.to_thread.run_sync(self._prepare, uploads)
             outputs = await asyncio.gather(*(self._infer_one(tensor) for _, tensor in prepared))
-        except RequestRefused as exc:
-            status, body = exc.status, {"error": str(exc), "request_id": rid}
+        except RequestError as exc:
+            status, body = exc.http_status, {"error": str(exc), "request_id": rid}
         except ServiceUnavailable as exc:
             status, body = 503, {"error": str(exc), "request_id": rid}
         else:
@@ -426,16 +419,22 @@ class VisionOpsClassifier:
         """Classify several images (multipart, field ``images`` repeated) in one request."""
         return await self._answer("classify_batch", images, ctx, many=True)
 
+    def _check_feedback(self, request_id: str, label: str) -> None:
+        """Refuse feedback with a label the model does not know or an id this service never gave."""
+        if label not in self.predictor.classes:
+            raise RequestError(f"unknown label {label!r}; valid: {self.predictor.classes}")
+        if not _FEEDBACK_ID.match(request_id):
+            raise RequestError(f"request_id {request_id!r} is not a request id from this service")
+
     @bentoml.api(route="/feedback")
     async def feedback(self, request_id: str, label: str, ctx: bentoml.Context) -> dict[str, Any]:
         """Record the true label of an earlier answer (ground truth for live quality)."""
         started = time.perf_counter()
         version = self.predictor.version
-        if label not in self.predictor.classes:
-            status = 400
-            body: dict[str, Any] = {"error": f"unknown label {label!r}; valid: {self.predictor.classes}"}
-        elif not _FEEDBACK_ID.match(request_id):
-            status, body = 400, {"error": f"request_id {request_id!r} is not a request id from this service"}
+        try:
+            self._check_feedback(request_id, label)
+        except RequestError as exc:
+            status, body = exc.http_status, {"error": str(exc)}
         else:
             status = 200
             common = {
