@@ -1,16 +1,15 @@
 """Fire-and-forget delivery of prediction events to the drift-monitor sidecar.
 
-The request path only calls :meth:`MonitorEmitter.emit` (a non-blocking put on a
-:class:`~visionops.background.BackgroundWriter`). Its thread builds the rows (feature extraction happens
-there, off the request path), batches them and POSTs ``{"rows": [...]}`` to ``<monitor_url>/ingest``. When
-the queue is full or the monitor is down, events are dropped and counted through ``on_drop(reason, n)``;
-serving never waits. Shutdown follows the writer's contract (:meth:`MonitorEmitter.close`).
+:meth:`MonitorEmitter.emit` is a non-blocking put on a :class:`~visionops.background.BackgroundWriter`.
+Serving calls it inside the monitoring process (:mod:`visionops.serving.monitor_process`), off the serving
+process's GIL. Its thread builds the rows (a row dict, or a callable returning rows), batches them and
+POSTs ``{"rows": [...]}`` to ``<monitor_url>/ingest``. When the queue is full or the monitor is down,
+events are dropped and counted through ``on_drop(reason, n)``; nothing waits. Shutdown follows the writer's contract (:meth:`MonitorEmitter.close`).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -31,25 +30,9 @@ __all__ = [
     "DROP_REASONS",
     "MONITOR_DOWN",
     "QUEUE_FULL",
-    "LazyRows",
     "MonitorEmitter",
     "lower_thread_priority",
 ]
-
-
-class LazyRows:
-    """Rows built once, on first call, from whichever background thread asks first (monitor or log)."""
-
-    def __init__(self, build: Callable[[], list[dict[str, Any]]]) -> None:
-        self._build = build
-        self._rows: list[dict[str, Any]] | None = None
-        self._lock = threading.Lock()
-
-    def __call__(self) -> list[dict[str, Any]]:
-        with self._lock:
-            if self._rows is None:
-                self._rows = self._build()
-            return self._rows
 
 
 class MonitorEmitter:

@@ -126,6 +126,14 @@ class Predictor:
             "model_version": self.version,
         }
 
+    def thumbnail(self, image):
+        """The small copy the drift statistics are computed from (None where features are absent)."""
+        return None if self._features is None else self._features.thumbnail(image)
+
+    def row_maker(self):
+        """What builds feature rows away from the model (decision rule + projection), or None."""
+        return None if self._features is None else self._features.RowMaker.of(self.bundle)
+
     def feature_rows(self, images: list, outputs: Outputs) -> list[dict[str, Any]]:
         """Drift feature rows for decoded images and their outputs (empty dicts when features are absent)."""
         if self._features is None:

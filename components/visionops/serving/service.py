@@ -41,9 +41,9 @@ from visionops.errors import ImageError, PayloadTooLarge, RequestError, Unsuppor
 from visionops.images import ImageLimits
 from visionops.serving import bundled_model_uri
 from visionops.serving.capture import PayloadCapture
-from visionops.serving.emitter import DROP_REASONS, LazyRows, MonitorEmitter
+from visionops.serving.emitter import DROP_REASONS
 from visionops.serving.metrics import serving_metrics
-from visionops.serving.prediction_log import PredictionLog
+from visionops.serving.monitor_process import MonitorProcess, PredictionEvent
 from visionops.serving.predictor import Predictor
 from visionops.serving.settings import ServingSettings
 
@@ -228,17 +228,16 @@ class VisionOpsClassifier:
         self.metrics.model_info.labels(self.predictor.version, self.predictor.architecture).set(1)
         for reason in DROP_REASONS:  # zero samples, so the series exist before the first drop
             self.metrics.dropped.labels(reason)
-        self.emitter = None
-        if self.settings.monitor_url:
+        self.monitor = None
+        if self.settings.monitor_url or self.settings.prediction_log:
             dropped = self.metrics.dropped
-            self.emitter = MonitorEmitter(
-                self.settings.monitor_url,
+            self.monitor = MonitorProcess(
+                self.predictor.row_maker(),
+                monitor_url=self.settings.monitor_url,
+                prediction_log=self.settings.prediction_log,
                 queue_size=self.settings.monitor_queue_size,
                 on_drop=lambda reason, n: dropped.labels(reason).inc(n),
             )
-        self.prediction_log = (
-            PredictionLog(self.settings.prediction_log) if self.settings.prediction_log else None
-        )
         self.capture = None
         if self.settings.capture_uri and self.settings.capture_rate > 0:
             self.capture = PayloadCapture(self.settings.capture_uri, self.settings.capture_rate)
@@ -258,7 +257,7 @@ class VisionOpsClassifier:
     def _flush(self) -> None:
         """Deliver what is queued for the monitor, the prediction log and the capture before the process
         exits (each within its own deadline; what is left is dropped and counted)."""
-        for sink in (self.emitter, self.prediction_log, self.capture):
+        for sink in (self.monitor, self.capture):
             if sink is not None:
                 sink.close(timeout=5.0)
 
@@ -271,9 +270,9 @@ class VisionOpsClassifier:
 
         size = self.predictor.bundle.preprocess.resize_size
         image = Image.new("RGB", (size, size), (128, 128, 128))
-        outputs = self.predictor.infer(self.predictor.to_tensor(image)[None])
-        if self.emitter is not None or self.prediction_log is not None:
-            self.predictor.feature_rows([image], outputs)  # first-call costs of the feature path, too
+        self.predictor.infer(self.predictor.to_tensor(image)[None])
+        if self.monitor is not None:
+            self.predictor.thumbnail(image)  # first-call costs of the request-side monitoring step, too
 
     # -- batching -------------------------------------------------------------------------------------------
     def _infer_batch(self, tensors: Sequence[Any]) -> list[tuple[Any, Any]]:
@@ -302,8 +301,13 @@ class VisionOpsClassifier:
         given = ctx.request.headers.get("x-request-id", "")
         return given if _REQUEST_ID.match(given) else uuid.uuid4().hex
 
-    def _prepare(self, uploads: list[Upload]) -> list[tuple[Any, Any]]:
-        """Decode and transform each upload (in a worker thread); the first bad image refuses the request."""
+    def _prepare(self, uploads: list[Upload]) -> list[tuple[Any, Any, Any]]:
+        """Decode and transform each upload (in a worker thread); the first bad image refuses the request.
+
+        Each entry is (image, tensor, thumbnail): the small thumbnail is all the monitoring path gets of the
+        image (None when monitoring and logging are off).
+        """
+        watch = self.monitor is not None
         prepared = []
         for i, upload in enumerate(uploads):
             try:
@@ -312,7 +316,8 @@ class VisionOpsClassifier:
                 if len(uploads) > 1:  # same type (so the same status), the message says which image
                     raise type(exc)(f"image {i} ({upload.filename}): {exc}") from exc
                 raise
-            prepared.append((image, self.predictor.to_tensor(image)))
+            thumb = self.predictor.thumbnail(image) if watch else None
+            prepared.append((image, self.predictor.to_tensor(image), thumb))
         return prepared
 
     async def _answer(
@@ -332,7 +337,7 @@ class VisionOpsClassifier:
                     "(VISIONOPS_MAX_REQUEST_IMAGES)",
                 )
             prepared = await anyio.to_thread.run_sync(self._prepare, uploads)
-            outputs = await asyncio.gather(*(self._infer_one(tensor) for _, tensor in prepared))
+            outputs = await asyncio.gather(*(self._infer_one(tensor) for _, tensor, _ in prepared))
         except RequestError as exc:
             status, body = exc.http_status, {"error": str(exc), "request_id": rid}
         except ServiceUnavailable as exc:
@@ -359,52 +364,36 @@ class VisionOpsClassifier:
         return body
 
     def _record(self, rid: str, uploads, prepared, outputs, answers) -> None:
-        """Hand the events to the monitor, the prediction log and the capture (all non-blocking)."""
-        if self.emitter is None and self.prediction_log is None and self.capture is None:
+        """Hand the event to the monitoring process and the capture (both non-blocking).
+
+        The event holds thumbnails and the outputs of the forward pass that already ran; rows are built in
+        the monitoring process (see :mod:`visionops.serving.monitor_process`).
+        """
+        if self.monitor is None and self.capture is None:
             return
+        import numpy as np
+
         stamp = time.time()
         now = datetime.fromtimestamp(stamp, UTC).isoformat()
         variant = self.settings.variant
-        predictor = self.predictor
-
-        def build() -> list[dict[str, Any]]:
-            import numpy as np
-
-            from visionops.serving.predictor import Outputs
-
-            images = [image for image, _ in prepared]
-            probs = np.stack([np.asarray(p) for p, _ in outputs])
+        if self.monitor is not None:
             embs = [e for _, e in outputs]
-            emb = None if any(e is None for e in embs) else np.stack([np.asarray(e) for e in embs])
-            features = predictor.feature_rows(images, Outputs(probs, emb))
-            rows = []
-            for answer, feats in zip(answers, features, strict=True):
-                rows.append(
-                    {
-                        **feats,
-                        "type": "prediction",
-                        "request_id": answer["request_id"],
-                        "time": now,
-                        "timestamp": stamp,
-                        "model_version": answer["model_version"],
-                        "variant": variant,
-                        "prediction": answer["label"],
-                        "label": answer["label"],
-                        "confidence": answer["confidence"],
-                        "probability": answer["probability"],
-                        "probs": answer["probabilities"],
-                        "threshold": answer["threshold"],
-                    }
+            thumbs = [t for _, _, t in prepared]
+            self.monitor.emit(
+                PredictionEvent(
+                    thumbs=None if any(t is None for t in thumbs) else thumbs,
+                    probs=np.stack([np.asarray(p) for p, _ in outputs]),
+                    embeddings=None
+                    if any(e is None for e in embs)
+                    else np.stack([np.asarray(e) for e in embs]),
+                    answers=answers,
+                    time=now,
+                    timestamp=stamp,
+                    variant=variant,
                 )
-            return rows
-
-        rows = LazyRows(build)
-        if self.emitter is not None:
-            self.emitter.emit(rows)
-        if self.prediction_log is not None:
-            self.prediction_log.append(rows)
+            )
         if self.capture is not None:
-            for (image, _), upload, answer in zip(prepared, uploads, answers, strict=True):
+            for (image, _, _), upload, answer in zip(prepared, uploads, answers, strict=True):
                 if self.capture.sample():
                     record = {**answer, "time": now, "variant": variant}
                     self.capture.submit(upload.data, image, record)
@@ -442,14 +431,18 @@ class VisionOpsClassifier:
                 "time": datetime.now(UTC).isoformat(),
                 "model_version": version,
             }
-            forwarded = False
-            if self.emitter is not None:  # the sidecar's contract: {"request_id", "label"}
-                forwarded = self.emitter.feedback({**common, "label": label})
-            logged = False
-            if self.prediction_log is not None:  # log records with a "feedback" key are ground truth
-                record = {**common, "type": "feedback", "feedback": label, "variant": self.settings.variant}
-                logged = self.prediction_log.append(record)
-            body = {"request_id": request_id, "label": label, "forwarded": forwarded, "logged": logged}
+            # the sidecar's contract: {"request_id", "label"}; log records with a "feedback" key are ground truth
+            to_monitor = {**common, "label": label} if self.settings.monitor_url else None
+            to_log = None
+            if self.settings.prediction_log:
+                to_log = {**common, "type": "feedback", "feedback": label, "variant": self.settings.variant}
+            queued = self.monitor is not None and self.monitor.feedback(to_monitor, to_log)
+            body = {
+                "request_id": request_id,
+                "label": label,
+                "forwarded": queued and to_monitor is not None,
+                "logged": queued and to_log is not None,
+            }
         ctx.response.status_code = status
         self.metrics.requests.labels("feedback", str(status), version).inc()
         self.metrics.latency.labels("feedback", version).observe(time.perf_counter() - started)
