@@ -3,7 +3,9 @@
 A feature row describes one image by
 
 - cheap image statistics (:func:`image_stats`): brightness, contrast, saturation, sharpness, colour channel
-  means, width/height/aspect and a greyscale flag, computed on a small downscaled copy (well under 2 ms);
+  means, width/height/aspect and a greyscale flag, computed on a :class:`Thumbnail` (a ``STATS_SIDE`` square
+  copy plus the original size; well under 2 ms). Serving makes the thumbnail on the request thread and ships
+  only it to the monitoring process, where :class:`RowMaker` builds the rows with the reference's code;
 - the model's outputs: ``confidence`` (probability of the predicted label), ``predicted_class`` (the label
   the bundle's decision rule gives) and ``positive_prob`` (probability of the positive class);
 - a compact embedding ``emb_0..emb_{k-1}``: the model's penultimate features projected with the projection
