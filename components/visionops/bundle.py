@@ -21,17 +21,21 @@ import hashlib
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from visionops import storage
-from visionops.errors import BundleError
+from visionops.errors import BundleError, ConfigError, DataError, VisionOpsError
 from visionops.preprocess import PreprocessSpec
 
 BUNDLE_FORMAT = 1
 MARKER = "bundle.json"
 WEIGHTS = "model.safetensors"
+#: Images per forward pass when scoring many images (see :meth:`Bundle.score_uris`).
+DEFAULT_BATCH = 64
 REQUIRED_KEYS = ("format", "model_version", "architecture", "classes", "preprocess", "threshold")
 
 
@@ -176,14 +180,86 @@ class Bundle:
 
     def predict_proba(self, batch) -> Any:
         """Class probabilities (N, C) as a numpy array for a batch tensor or a list of PIL images."""
+        return self.forward(batch)[0]
+
+    def forward(self, batch, *, with_embeddings: bool = False) -> tuple[Any, Any]:
+        """One forward pass: ``(probs (N, C), embeddings (N, D) or None)`` as float32 numpy arrays.
+
+        ``batch`` is a tensor made with :meth:`to_tensor` or a list of PIL images; embeddings (asked for with
+        ``with_embeddings``) are the inputs of the classification head, taken from the same pass.
+        """
         import torch
 
         if isinstance(batch, list | tuple):
             batch = self.to_tensor(batch)
         device = next(self.model.parameters()).device
         with torch.inference_mode():
-            logits = self.model(batch.to(device))
-            return torch.softmax(logits.float(), dim=1).cpu().numpy()
+            if with_embeddings:
+                from visionops.models import penultimate
+
+                emb, logits = penultimate(self.model, self.architecture)(batch.to(device))
+                emb = emb.float().cpu().numpy().astype("float32")
+            else:
+                emb, logits = None, self.model(batch.to(device))
+            probs = torch.softmax(logits.float(), dim=1).cpu().numpy().astype("float32")
+        return probs, emb
+
+    def score_images(
+        self,
+        images: list,
+        *,
+        batch_size: int = DEFAULT_BATCH,
+        with_embeddings: bool = False,
+        on_batch: Callable[[list, Any, Any], None] | None = None,
+    ) -> Any:
+        """Probabilities (N, C) of decoded PIL images, in batches of ``batch_size`` with the bundle's own
+        preprocessing; ``(probs, embeddings (N, D))`` when ``with_embeddings``. See :meth:`score_uris`."""
+        return self._score(_chunks(images, batch_size), len(images), with_embeddings, on_batch)
+
+    def score_uris(
+        self,
+        uris: list[str],
+        *,
+        batch_size: int = DEFAULT_BATCH,
+        workers: int = 8,
+        with_embeddings: bool = False,
+        progress: bool = False,
+        desc: str = "scoring",
+        on_batch: Callable[[list, Any, Any], None] | None = None,
+    ) -> Any:
+        """Probabilities (N, C) of the images at ``uris`` (local paths or ``s3://``), in input order.
+
+        The one batch-scoring loop of the library (evaluation, pre-labeling, behavioural tests and the drift
+        reference use it): images are read and decoded on ``workers`` threads (object storage reads are I/O
+        bound), one batch of ``batch_size`` at a time, so only one batch is in memory; preprocessing is the
+        bundle's own. With ``with_embeddings`` returns ``(probs, embeddings (N, D))`` from the same forward
+        pass. ``on_batch(images, probs, embeddings)`` sees each batch's decoded images before they are freed
+        (the drift reference computes image statistics there). An unreadable image raises :class:`DataError`
+        naming it.
+        """
+        from tqdm import tqdm
+
+        chunks = list(_chunks(uris, batch_size))
+        bar = tqdm(chunks, desc=desc, unit="batch", leave=False, disable=not progress or len(chunks) < 2)
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            batches = (list(pool.map(read_image, chunk)) for chunk in bar)
+            return self._score(batches, len(uris), with_embeddings, on_batch)
+
+    def _score(self, batches, n: int, with_embeddings: bool, on_batch) -> Any:
+        """Forward every batch of images; concatenated probs (and embeddings when asked)."""
+        import numpy as np
+
+        probs, embs = [], []
+        for images in batches:
+            p, e = self.forward(images, with_embeddings=with_embeddings)
+            if on_batch is not None:
+                on_batch(images, p, e)
+            probs.append(p)
+            embs.append(e)
+        probs = np.concatenate(probs) if n else np.zeros((0, len(self.classes)), dtype=np.float32)
+        if not with_embeddings:
+            return probs
+        return probs, (np.concatenate(embs) if n else np.zeros((0, 0), dtype=np.float32))
 
     def decide(self, probs) -> list[str]:
         """Labels from probabilities with the bundle's decision rule.
@@ -193,6 +269,29 @@ class Bundle:
         """
         idx = decide_indices(probs, self.positive_index, self.threshold)
         return [self.classes[i] for i in idx]
+
+
+def read_image(uri: str):
+    """The decoded RGB image at ``uri`` (local path or ``s3://``); :class:`DataError` naming it when it cannot
+    be read or decoded."""
+    from visionops.images import decode_image
+
+    try:
+        return decode_image(storage.read_bytes(uri))
+    except VisionOpsError as exc:
+        raise DataError(f"cannot use image {uri}: {exc}") from exc
+
+
+def read_images(uris: list[str], *, workers: int = 8) -> list:
+    """Decoded images at ``uris``, in order, read on ``workers`` threads (see :func:`read_image`)."""
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return list(pool.map(read_image, uris))
+
+
+def _chunks(items: list, size: int):
+    if size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {size}")
+    return (items[i : i + size] for i in range(0, len(items), size))
 
 
 def load_state_dict(path: Path) -> dict:

@@ -25,8 +25,51 @@ class BundleError(VisionOpsError):
     """A model bundle is missing, incomplete or inconsistent."""
 
 
-class ImageError(VisionOpsError):
-    """An image could not be decoded or breaks a limit (bytes, pixels, format)."""
+class RequestError(VisionOpsError):
+    """A client's request is refused. ``http_status`` is the 4xx status a service answers with, chosen by
+    the error's type (never by its message)."""
+
+    http_status = 400
+
+
+class PayloadTooLarge(RequestError):
+    """A request or one of its parts is over a size limit (bytes, images per request, pixels)."""
+
+    http_status = 413
+
+
+class UnsupportedMediaType(RequestError):
+    """A request or one of its parts is not of a content type or format we accept."""
+
+    http_status = 415
+
+
+class ImageError(RequestError):
+    """An image could not be decoded or breaks a limit (bytes, pixels, format).
+
+    The base class means "unprocessable" (corrupt, truncated, absurd dimensions: HTTP 422); the subclasses
+    below say more.
+    """
+
+    http_status = 422
+
+
+class EmptyImage(ImageError):
+    """The image has no bytes at all."""
+
+    http_status = 400
+
+
+class ImageTooLarge(ImageError, PayloadTooLarge):
+    """The image has too many bytes or pixels."""
+
+    http_status = 413
+
+
+class UnsupportedImage(ImageError, UnsupportedMediaType):
+    """The bytes are no image, or one in a format we do not decode."""
+
+    http_status = 415
 
 
 class GateError(VisionOpsError):

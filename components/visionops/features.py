@@ -3,7 +3,9 @@
 A feature row describes one image by
 
 - cheap image statistics (:func:`image_stats`): brightness, contrast, saturation, sharpness, colour channel
-  means, width/height/aspect and a greyscale flag, computed on a small downscaled copy (well under 2 ms);
+  means, width/height/aspect and a greyscale flag, computed on a :class:`Thumbnail` (a ``STATS_SIDE`` square
+  copy plus the original size; well under 2 ms). Serving makes the thumbnail on the request thread and ships
+  only it to the monitoring process, where :class:`RowMaker` builds the rows with the reference's code;
 - the model's outputs: ``confidence`` (probability of the predicted label), ``predicted_class`` (the label
   the bundle's decision rule gives) and ``positive_prob`` (probability of the positive class);
 - a compact embedding ``emb_0..emb_{k-1}``: the model's penultimate features projected with the projection
@@ -81,12 +83,19 @@ def embedding_columns(k: int) -> list[str]:
     return [f"emb_{i}" for i in range(k)]
 
 
-def image_stats(img) -> dict[str, float]:
-    """Cheap statistics of a PIL image (any mode), computed on a small downscaled copy.
+@dataclass(frozen=True)
+class Thumbnail:
+    """What the image statistics need of an image: a ``STATS_SIDE`` square RGB copy (uint8, about 27 KB
+    whatever the photo's size) and the original width and height. Serving makes it on the request's worker
+    thread and hands only this (never the decoded image) to the monitoring path."""
 
-    Values are in 0..1 except sharpness (variance of a 4-neighbour Laplacian on a ``STATS_SIDE`` square grey
-    copy, x1000), width/height (pixels) and aspect (width / height).
-    """
+    pixels: Any
+    width: int
+    height: int
+
+
+def thumbnail(img) -> Thumbnail:
+    """The :class:`Thumbnail` of a PIL image (any mode)."""
     import numpy as np
     from PIL import Image
 
@@ -96,13 +105,21 @@ def image_stats(img) -> dict[str, float]:
     small = img.convert("RGB") if img.mode != "RGB" else img
     # reducing_gap makes a big photo cheap: PIL first shrinks by an integer factor, then resamples.
     small = small.resize((STATS_SIDE, STATS_SIDE), Image.BILINEAR, reducing_gap=2.0)
-    rgb = np.asarray(small, dtype=np.float32) * (1.0 / 255.0)
+    return Thumbnail(np.asarray(small, dtype=np.uint8), int(width), int(height))
+
+
+def thumbnail_stats(thumb: Thumbnail) -> dict[str, float]:
+    """The statistics of :func:`image_stats` from a :class:`Thumbnail` (identical values)."""
+    import numpy as np
+
+    rgb = thumb.pixels.astype(np.float32) * (1.0 / 255.0)
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     grey = 0.299 * r + 0.587 * g + 0.114 * b
     cmax = rgb.max(axis=2)
     chroma = cmax - rgb.min(axis=2)
     saturation = np.divide(chroma, cmax, out=np.zeros_like(chroma), where=cmax > 1e-6)
     lap = grey[1:-1, :-2] + grey[1:-1, 2:] + grey[:-2, 1:-1] + grey[2:, 1:-1] - 4.0 * grey[1:-1, 1:-1]
+    width, height = float(thumb.width), float(thumb.height)
     return {
         "brightness": float(grey.mean()),
         "contrast": float(grey.std()),
@@ -111,11 +128,20 @@ def image_stats(img) -> dict[str, float]:
         "mean_r": float(r.mean()),
         "mean_g": float(g.mean()),
         "mean_b": float(b.mean()),
-        "width": float(width),
-        "height": float(height),
-        "aspect": float(width) / float(height),
+        "width": width,
+        "height": height,
+        "aspect": width / height,
         "is_greyscale": float(chroma.mean() < GREYSCALE_CHROMA),
     }
+
+
+def image_stats(img) -> dict[str, float]:
+    """Cheap statistics of a PIL image (any mode), computed on a small downscaled copy (:func:`thumbnail`).
+
+    Values are in 0..1 except sharpness (variance of a 4-neighbour Laplacian on a ``STATS_SIDE`` square grey
+    copy, x1000), width/height (pixels) and aspect (width / height).
+    """
+    return thumbnail_stats(thumbnail(img))
 
 
 def load_projection(bundle) -> tuple[Any, Any] | None:
@@ -156,25 +182,13 @@ def model_outputs(bundle, batch) -> tuple[Any, Any]:
 
     ``batch`` is a tensor made with ``bundle.to_tensor``; embeddings are the inputs of the classification head.
     """
-    import torch
-
-    from visionops.models import penultimate
-
-    run = penultimate(bundle.model, bundle.architecture)
-    device = next(bundle.model.parameters()).device
-    with torch.inference_mode():
-        emb, logits = run(batch.to(device))
-        probs = torch.softmax(logits.float(), dim=1)
-    return probs.cpu().numpy().astype("float32"), emb.float().cpu().numpy().astype("float32")
+    return bundle.forward(batch, with_embeddings=True)
 
 
-def project(bundle, embeddings) -> Any | None:
-    """Embeddings (N, D) projected to (N, k) with the bundle's projection; None when it has none."""
+def project_with(projection: tuple[Any, Any], embeddings) -> Any:
+    """Embeddings (N, D) projected to (N, k) with ``projection = (mean (D,), components (D, k))``."""
     import numpy as np
 
-    projection = load_projection(bundle)
-    if projection is None:
-        return None
     mean, components = projection
     embeddings = np.asarray(embeddings, dtype=np.float32)
     if embeddings.ndim != 2 or embeddings.shape[1] != mean.shape[0]:
@@ -185,41 +199,81 @@ def project(bundle, embeddings) -> Any | None:
     return (embeddings - mean) @ components
 
 
+def project(bundle, embeddings) -> Any | None:
+    """Embeddings (N, D) projected to (N, k) with the bundle's projection; None when it has none."""
+    projection = load_projection(bundle)
+    return None if projection is None else project_with(projection, embeddings)
+
+
+#: ``projection=`` default of :func:`feature_rows`: use the projection stored in the bundle (if any).
+FROM_BUNDLE = "bundle"
+
+
+@dataclass(frozen=True)
+class RowMaker:
+    """Everything a feature row needs besides the image and the model outputs: the decision rule and the
+    projection. Small and picklable, so rows can be built away from the model (another thread or process)
+    with exactly the code the reference uses."""
+
+    classes: tuple[str, ...]
+    positive_index: int
+    threshold: float
+    projection: tuple[Any, Any] | None
+
+    @classmethod
+    def of(cls, bundle, projection: Any = FROM_BUNDLE) -> RowMaker:
+        """The row maker of ``bundle``; ``projection`` None leaves out ``emb_*`` (the reference, before it
+        has fitted its projection), a ``(mean, components)`` pair overrides the bundle's."""
+        if isinstance(projection, str) and projection == FROM_BUNDLE:
+            projection = load_projection(bundle)
+        return cls(tuple(bundle.classes), bundle.positive_index, bundle.threshold, projection)
+
+    def rows(self, thumbs: list[Thumbnail], probs, embeddings=None) -> list[dict]:
+        """Feature rows from thumbnails, probabilities (N, C) and (with a projection) embeddings (N, D)."""
+        import numpy as np
+
+        from visionops.bundle import decide_indices
+
+        rows = [thumbnail_stats(t) for t in thumbs]
+        if not rows:
+            return rows
+        probs = np.asarray(probs, dtype=np.float32)
+        label_index = decide_indices(probs, self.positive_index, self.threshold)
+        emb = None if self.projection is None else project_with(self.projection, embeddings)
+        for i, row in enumerate(rows):
+            row["confidence"] = float(probs[i, label_index[i]])
+            row["predicted_class"] = self.classes[label_index[i]]
+            row["positive_prob"] = float(probs[i, self.positive_index])
+            if emb is not None:
+                row.update({f"emb_{j}": float(v) for j, v in enumerate(emb[i])})
+        return rows
+
+
 def feature_rows(
-    bundle, images: list, probs=None, embeddings=None, *, batch_size: int = DEFAULT_BATCH
+    bundle,
+    images: list,
+    probs=None,
+    embeddings=None,
+    *,
+    projection: Any = FROM_BUNDLE,
+    batch_size: int = DEFAULT_BATCH,
 ) -> list[dict]:
-    """Feature rows (image stats + model outputs + projected embedding) for PIL images.
+    """Feature rows (image stats + model outputs + projected embedding) for PIL images or thumbnails.
 
     Pass ``probs`` (N, C) and ``embeddings`` (N, D) when the caller already ran the model (serving does, with
-    :func:`model_outputs`); otherwise they are computed here in batches of ``batch_size``.
+    :func:`model_outputs`); otherwise they are computed here with :meth:`Bundle.score_images` in batches of
+    ``batch_size`` (PIL images only). ``projection`` is the bundle's by default; pass None for rows without
+    ``emb_*`` or a ``(mean, components)`` pair (see :meth:`RowMaker.of`).
     """
-    import numpy as np
-
     n = len(images)
     if probs is not None and len(probs) != n:
         raise ConfigError(f"got {len(probs)} probability rows for {n} images")
     if embeddings is not None and len(embeddings) != n:
         raise ConfigError(f"got {len(embeddings)} embeddings for {n} images")
-    has_projection = load_projection(bundle) is not None
-    if n and (probs is None or (has_projection and embeddings is None)):
-        parts = [
-            model_outputs(bundle, bundle.to_tensor(images[i : i + batch_size]))
-            for i in range(0, n, batch_size)
-        ]
-        probs = np.concatenate([p for p, _ in parts]) if probs is None else probs
-        embeddings = np.concatenate([e for _, e in parts]) if embeddings is None else embeddings
-    rows = [image_stats(img) for img in images]
-    if not n:
-        return rows
-    probs = np.asarray(probs, dtype=np.float32)
-    labels = bundle.decide(probs)
-    label_index = [bundle.classes.index(label) for label in labels]
-    pos = bundle.positive_index
-    emb = project(bundle, embeddings) if has_projection else None
-    for i, row in enumerate(rows):
-        row["confidence"] = float(probs[i, label_index[i]])
-        row["predicted_class"] = labels[i]
-        row["positive_prob"] = float(probs[i, pos])
-        if emb is not None:
-            row.update({f"emb_{j}": float(v) for j, v in enumerate(emb[i])})
-    return rows
+    maker = RowMaker.of(bundle, projection)
+    if n and (probs is None or (maker.projection is not None and embeddings is None)):
+        scored, scored_emb = bundle.score_images(images, batch_size=batch_size, with_embeddings=True)
+        probs = scored if probs is None else probs
+        embeddings = scored_emb if embeddings is None else embeddings
+    thumbs = [img if isinstance(img, Thumbnail) else thumbnail(img) for img in images]
+    return maker.rows(thumbs, probs, embeddings)

@@ -1,7 +1,9 @@
 """Decoding image bytes safely: one function used by ingestion, training, serving and labeling.
 
 Limits guard against decompression bombs and absurd inputs; every refusal is an :class:`ImageError` whose
-message says what was wrong (serving maps it to HTTP 4xx, ingestion quarantines the file with it).
+message says what was wrong and whose type carries the HTTP status serving answers with (``http_status``:
+400 empty, 413 too large, 415 not a supported image, 422 corrupt or absurd); ingestion quarantines the file
+with it.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import io
 import warnings
 from dataclasses import dataclass
 
-from visionops.errors import ImageError
+from visionops.errors import EmptyImage, ImageError, ImageTooLarge, UnsupportedImage
 
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP")
 
@@ -38,9 +40,9 @@ def decode_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS):
     from PIL import Image, UnidentifiedImageError
 
     if not data:
-        raise ImageError("empty image: 0 bytes")
+        raise EmptyImage("empty image: 0 bytes")
     if len(data) > limits.max_bytes:
-        raise ImageError(f"image too large: {len(data)} bytes > limit {limits.max_bytes}")
+        raise ImageTooLarge(f"image too large: {len(data)} bytes > limit {limits.max_bytes}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -48,15 +50,15 @@ def decode_image(data: bytes, limits: ImageLimits = DEFAULT_LIMITS):
             fmt = img.format
             width, height = img.size
     except UnidentifiedImageError as exc:
-        raise ImageError(f"not a decodable image (supported: {', '.join(limits.formats)})") from exc
+        raise UnsupportedImage(f"not a decodable image (supported: {', '.join(limits.formats)})") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"image has too many pixels (decompression bomb guard): {exc}") from exc
+        raise ImageTooLarge(f"image has too many pixels (decompression bomb guard): {exc}") from exc
     except Exception as exc:
         raise ImageError(f"corrupt or truncated image (bad header): {exc}") from exc
     if fmt not in limits.formats:
-        raise ImageError(f"unsupported image format {fmt!r} (supported: {', '.join(limits.formats)})")
+        raise UnsupportedImage(f"unsupported image format {fmt!r} (supported: {', '.join(limits.formats)})")
     if width * height > limits.max_pixels:
-        raise ImageError(f"image has too many pixels: {width}x{height} > limit {limits.max_pixels}")
+        raise ImageTooLarge(f"image has too many pixels: {width}x{height} > limit {limits.max_pixels}")
     if min(width, height) < limits.min_side or max(width, height) > limits.max_side:
         raise ImageError(
             f"absurd image dimensions {width}x{height} (allowed sides {limits.min_side}..{limits.max_side})"

@@ -34,18 +34,6 @@ def _image_uri(path: str, dataset_uri: str) -> str:
     return storage.join(dataset_uri, path)
 
 
-def _load_images(uris: list[str]):
-    from visionops.images import decode_image
-
-    images = []
-    for uri in uris:
-        try:
-            images.append(decode_image(storage.read_bytes(uri)))
-        except Exception as exc:  # a reference must not silently skip images: say which one failed
-            raise DataError(f"cannot read reference image {uri}: {exc}") from exc
-    return images
-
-
 def fit_projection(embeddings, k: int = DEFAULT_COMPONENTS) -> tuple[Any, Any]:
     """PCA of embeddings (N, D): ``(mean (D,), components (D, k'))`` with k' = min(k, D, N - 1).
 
@@ -70,36 +58,28 @@ def fit_projection(embeddings, k: int = DEFAULT_COMPONENTS) -> tuple[Any, Any]:
 def compute_reference(bundle, uris: list[str], *, k: int = DEFAULT_COMPONENTS, progress: bool = True):
     """Feature rows (DataFrame) of the images at ``uris`` and the projection fitted on their embeddings.
 
-    Only one batch of images is in memory at a time; the embedding columns are added once the projection
-    has been fitted on every embedding.
+    Only one batch of images is in memory at a time (:meth:`Bundle.score_uris`); the embedding columns are
+    added once the projection has been fitted on every embedding.
     """
     import numpy as np
     import pandas as pd
-    from tqdm import tqdm
 
-    from visionops.features import feature_rows, model_outputs
+    from visionops.features import feature_rows
 
     rows: list[dict] = []
-    all_emb = []
-    saved = bundle.__dict__.get("_drift_projection", False)
-    bundle.__dict__["_drift_projection"] = None  # no projection yet: feature_rows leaves out emb_*
-    try:
-        for start in tqdm(
-            range(0, len(uris), BATCH),
-            desc="reference features",
-            unit="batch",
-            leave=False,
-            disable=not progress,
-        ):
-            images = _load_images(uris[start : start + BATCH])
-            probs, emb = model_outputs(bundle, bundle.to_tensor(images))
-            rows.extend(feature_rows(bundle, images, probs=probs))
-            all_emb.append(emb)
-    finally:
-        bundle.__dict__.pop("_drift_projection", None)
-        if saved is not False:
-            bundle.__dict__["_drift_projection"] = saved
-    embeddings = np.concatenate(all_emb)
+
+    def add_rows(images, probs, _embeddings) -> None:
+        # no projection yet: rows without emb_*, made by the code serving uses
+        rows.extend(feature_rows(bundle, images, probs, projection=None))
+
+    _, embeddings = bundle.score_uris(
+        uris,
+        batch_size=BATCH,
+        with_embeddings=True,
+        progress=progress,
+        desc="reference features",
+        on_batch=add_rows,
+    )
     mean, components = fit_projection(embeddings, k)
     frame = pd.DataFrame(rows)
     projected = (embeddings - mean) @ components

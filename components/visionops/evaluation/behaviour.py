@@ -27,11 +27,6 @@ def _skipped(reason: str) -> dict[str, Any]:
     return {"status": "skipped", "rate": None, "detail": reason}
 
 
-def _positive_probs(bundle, images: list, batch_size: int = 32) -> np.ndarray:
-    out = [bundle.predict_proba(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
-    return np.concatenate(out)
-
-
 def invariance(bundle, images: list, threshold: float, *, delta: float = 0.1) -> dict[str, Any]:
     """Share of images whose decision survives brightness x(1 - delta) and x(1 + delta)."""
     from PIL import ImageEnhance
@@ -39,11 +34,11 @@ def invariance(bundle, images: list, threshold: float, *, delta: float = 0.1) ->
     if not images:
         return _skipped("no golden images")
     pos = bundle.positive_index
-    base = decide(_positive_probs(bundle, images), pos, threshold)
+    base = decide(bundle.score_images(images, batch_size=32), pos, threshold)
     unchanged = np.ones(len(images), dtype=bool)
     for factor in (1 - delta, 1 + delta):
         changed = [ImageEnhance.Brightness(img).enhance(factor) for img in images]
-        unchanged &= decide(_positive_probs(bundle, changed), pos, threshold) == base
+        unchanged &= decide(bundle.score_images(changed, batch_size=32), pos, threshold) == base
     return {
         "status": "ran",
         "rate": float(unchanged.mean()),

@@ -5,14 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from visionops import storage
-from visionops.errors import ConfigError, DataError, GateError, ImageError
+from visionops.errors import ConfigError, GateError
 from visionops.evaluation.gate import GatePolicy, decide, recall_at_target
 
 log = logging.getLogger(__name__)
@@ -27,32 +26,11 @@ def _resolve(path: str, dataset_uri: str) -> str:
     return storage.join(dataset_uri, path)
 
 
-def _read_image(uri: str):
-    from visionops.images import decode_image
-
-    try:
-        return decode_image(storage.read_bytes(uri))
-    except ImageError as exc:
-        raise DataError(f"cannot use image {uri}: {exc}") from exc
-
-
 def load_images(paths: list[str], workers: int = 8) -> list:
     """Decoded PIL images (threads: reads from object storage are I/O bound)."""
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(_read_image, paths))
+    from visionops.bundle import read_images
 
-
-def predict(bundle, paths: list[str], *, batch_size: int = 32, desc: str = "predict") -> np.ndarray:
-    """Class probabilities (N, C) for the images at ``paths``, in batches, with a progress bar."""
-    import torch
-    from tqdm import tqdm
-
-    out = []
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        for start in tqdm(range(0, len(paths), batch_size), desc=desc, unit="batch", leave=False):
-            images = list(pool.map(_read_image, paths[start : start + batch_size]))
-            out.append(bundle.predict_proba(torch.stack([bundle.transform(img) for img in images])))
-    return np.concatenate(out) if out else np.zeros((0, len(bundle.classes)))
+    return read_images(paths, workers=workers)
 
 
 def _labels(frame, classes: list[str], split: str) -> np.ndarray:
@@ -92,7 +70,9 @@ def score_model(bundle, dataset, policy: GatePolicy, *, with_report: bool) -> di
             )
         y = _labels(frame, bundle.classes, split)
         paths = [_resolve(p, dataset.uri) for p in frame["path"]]
-        probs = predict(bundle, paths, batch_size=policy.batch_size, desc=f"{bundle.version} {split}")
+        probs = bundle.score_uris(
+            paths, batch_size=policy.batch_size, progress=True, desc=f"{bundle.version} {split}"
+        )
         splits[split] = (frame, y, probs, paths)
     _, y_val, p_val, _ = splits["val"]
     choice = choose_threshold(

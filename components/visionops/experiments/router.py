@@ -16,7 +16,6 @@ import asyncio
 import collections
 import json
 import logging
-import queue
 import threading
 import time
 import uuid
@@ -157,47 +156,36 @@ def parse_variants(text: str) -> dict[str, str]:
 
 
 class JsonLinesWriter:
-    """Appends JSON lines from a background thread; a full queue drops (and counts) instead of blocking."""
+    """Appends JSON lines from a :class:`~visionops.background.BackgroundWriter`; a full queue drops (and
+    counts) instead of blocking."""
 
     def __init__(self, path: str | None, maxsize: int = 50_000) -> None:
+        from visionops.background import BackgroundWriter
+
         self.path = Path(path) if path else None
-        self.dropped = 0
-        self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
-        self._thread: threading.Thread | None = None
+        self._writer = None
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._thread = threading.Thread(target=self._run, name="router-log", daemon=True)
-            self._thread.start()
+            self._writer = BackgroundWriter(
+                self._append, name="router-log", max_items=maxsize, batch_size=1000, flush_seconds=0.05
+            )
+
+    @property
+    def dropped(self) -> int:
+        """Records not written (queue full, disk trouble, close deadline)."""
+        return 0 if self._writer is None else sum(self._writer.dropped.values())
 
     def write(self, record: dict) -> None:
-        if self.path is None:
-            return
-        try:
-            self._queue.put_nowait(record)
-        except queue.Full:
-            self.dropped += 1
+        if self._writer is not None:
+            self._writer.put(record)
 
-    def _run(self) -> None:
-        assert self.path is not None
+    def _append(self, records: list[dict]) -> None:
         with self.path.open("a", encoding="utf-8") as fh:
-            while True:
-                record = self._queue.get()
-                if record is None:
-                    break
-                lines = [json.dumps(record)]
-                while not self._queue.empty() and len(lines) < 1000:
-                    item = self._queue.get_nowait()
-                    if item is None:
-                        fh.write("\n".join(lines) + "\n")
-                        return
-                    lines.append(json.dumps(item))
-                fh.write("\n".join(lines) + "\n")
-                fh.flush()
+            fh.write("".join(json.dumps(r) + "\n" for r in records))
 
-    def close(self) -> None:
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join(timeout=5)
+    def close(self, timeout: float = 5.0) -> None:
+        if self._writer is not None:
+            self._writer.close(timeout)
 
 
 class Router:

@@ -10,30 +10,11 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC, datetime
-from typing import Any
 
 from visionops import storage
-from visionops.labeling.artifact import Selection, load_selection, parallel_map, write_selection
+from visionops.labeling.artifact import Selection, load_selection, write_selection
 
 log = logging.getLogger(__name__)
-
-
-def score_images(bundle, uris: list[str], *, batch_size: int = 64, workers: int = 8) -> Any:
-    """Class probabilities (N, C) of the images at ``uris`` with ``bundle`` (batched, progress bar)."""
-    import numpy as np
-    from tqdm import tqdm
-
-    from visionops.images import decode_image
-
-    out = []
-    starts = range(0, len(uris), batch_size)
-    for start in tqdm(starts, desc="scoring", unit="batch", disable=len(starts) < 2):
-        chunk = uris[start : start + batch_size]
-        images = parallel_map(lambda u: decode_image(storage.read_bytes(u)), chunk, workers=workers)
-        out.append(bundle.predict_proba(images))
-    if not out:
-        return np.zeros((0, len(bundle.classes)), dtype=np.float32)
-    return np.concatenate(out)
 
 
 def prelabel(
@@ -51,7 +32,7 @@ def prelabel(
     bundle = load_bundle(bundle_uri, device=device)
     frame = selection.frame.copy()
     log.info("prelabel: %d images with %s (%s)", len(frame), bundle.version, bundle_uri)
-    probs = score_images(bundle, list(frame["image"]), batch_size=batch_size)
+    probs = bundle.score_uris(list(frame["image"]), batch_size=batch_size, progress=True)
     labels = bundle.decide(probs) if len(frame) else []
     classes = bundle.classes
     frame["predicted_label"] = labels

@@ -218,10 +218,9 @@ def capture_day(candidate: Candidate) -> date | None:
 
 def _score_with_model(candidates: list[Candidate], bundle_uri: str, *, batch_size: int, device: str) -> None:
     from visionops.bundle import load_bundle
-    from visionops.labeling.prelabel import score_images
 
     bundle = load_bundle(bundle_uri, device=device)
-    probs = score_images(bundle, [c.image for c in candidates], batch_size=batch_size)
+    probs = bundle.score_uris([c.image for c in candidates], batch_size=batch_size, progress=True)
     for c, row in zip(candidates, probs, strict=True):
         c.probability = float(row[bundle.positive_index])
         c.threshold = bundle.threshold

@@ -2,6 +2,8 @@
 
 - :mod:`visionops.serving.settings`  -- ``ServingSettings.from_env()`` (the ``VISIONOPS_*`` serving variables)
 - :mod:`visionops.serving.predictor` -- bundle -> predictions for image bytes (in-process; no HTTP)
+- :mod:`visionops.serving.monitor_process` -- the monitoring path (feature rows, monitor, prediction log) in a
+  child process fed by a bounded, byte-limited queue: thumbnails and model outputs in, nothing waits
 - :mod:`visionops.serving.emitter`   -- fire-and-forget sender of feature rows to the drift sidecar
 - :mod:`visionops.serving.prediction_log` -- JSON-lines prediction log (local dir or s3:// prefix)
 - :mod:`visionops.serving.capture`   -- sampled payload capture (image + prediction) to object storage

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import random
-import threading
 from datetime import UTC, datetime
 from typing import Any
 
 from visionops import storage
-from visionops.serving.emitter import lower_thread_priority
+from visionops.background import BackgroundWriter
 
 log = logging.getLogger(__name__)
+
+Capture = tuple[bytes, Any, dict[str, Any]]
 
 
 class PayloadCapture:
@@ -29,11 +29,15 @@ class PayloadCapture:
         self.uri = str(uri).rstrip("/")
         self.rate = float(rate)
         self.captured = 0
-        self.dropped = 0
         self._random = random.Random(seed)
-        self._queue: queue.Queue[tuple[bytes, Any, dict[str, Any]]] = queue.Queue(maxsize=queue_size)
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+        self._writer: BackgroundWriter[Capture] = BackgroundWriter(
+            self._write_batch, name="visionops-capture", max_items=queue_size, batch_size=16, flush_seconds=0
+        )
+
+    @property
+    def dropped(self) -> int:
+        """Captures not written (queue full, storage trouble, close deadline)."""
+        return sum(self._writer.dropped.values())
 
     def sample(self) -> bool:
         """True for about ``rate`` of the calls."""
@@ -41,27 +45,19 @@ class PayloadCapture:
 
     def submit(self, data: bytes, image, record: dict[str, Any]) -> bool:
         """Queue one capture: original bytes, the decoded PIL image, and the answer record (with request_id)."""
-        if self._thread is None:
-            with self._lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._run, name="visionops-capture", daemon=True)
-                    self._thread.start()
-        try:
-            self._queue.put_nowait((data, image, record))
-            return True
-        except queue.Full:
-            self.dropped += 1
-            return False
+        return self._writer.put((data, image, record))
 
-    def _run(self) -> None:
-        lower_thread_priority()
-        while True:
-            data, image, record = self._queue.get()
+    def _write_batch(self, batch: list[Capture]) -> None:
+        for data, image, record in batch:
             try:
                 self.write(data, image, record)
             except Exception as exc:
-                self.dropped += 1
+                self._writer.drop("storage_error", 1)
                 log.warning("payload capture to %s failed (%s)", self.uri, exc)
+
+    def close(self, timeout: float = 5.0) -> bool:
+        """Write what is queued within ``timeout`` seconds (then drop and count the rest)."""
+        return self._writer.close(timeout)
 
     def write(self, data: bytes, image, record: dict[str, Any]) -> str:
         """Write one capture now; returns the image URI."""

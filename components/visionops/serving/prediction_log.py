@@ -11,17 +11,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
 import socket
-import threading
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from visionops import storage
-from visionops.serving.emitter import lower_thread_priority
+from visionops.background import BackgroundWriter
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +26,7 @@ Item = dict[str, Any] | Callable[[], list[dict[str, Any]]]
 
 
 class PredictionLog:
-    """A bounded queue and a writer thread; :meth:`append` never blocks (drops and counts when full)."""
+    """A :class:`~visionops.background.BackgroundWriter` of JSON lines; :meth:`append` never blocks."""
 
     def __init__(
         self,
@@ -41,54 +38,38 @@ class PredictionLog:
         on_drop: Callable[[int], None] | None = None,
     ) -> None:
         self.uri = str(uri).rstrip("/")
-        self.flush_rows = flush_rows
-        self.flush_seconds = flush_seconds
-        self.on_drop = on_drop or (lambda n: None)
-        self.dropped = 0
         self.written = 0
-        self._queue: queue.Queue[Item] = queue.Queue(maxsize=queue_size)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
         self._name = f"{socket.gethostname()}-{os.getpid()}"
         self._seq = 0
+        notify = on_drop or (lambda n: None)
+        self._writer: BackgroundWriter[Item] = BackgroundWriter(
+            self._write_batch,
+            name="visionops-prediction-log",
+            max_items=queue_size,
+            batch_size=flush_rows,
+            flush_seconds=flush_seconds,
+            on_drop=lambda reason, n: notify(n),
+        )
+
+    @property
+    def dropped(self) -> int:
+        """Events that were not written (queue full, storage trouble, close deadline)."""
+        return sum(self._writer.dropped.values())
 
     def append(self, item: Item) -> bool:
         """Queue one event (a dict, or a callable returning a list of dicts, built in the writer thread)."""
-        if self._thread is None:
-            with self._lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(
-                        target=self._run, name="visionops-prediction-log", daemon=True
-                    )
-                    self._thread.start()
-        try:
-            self._queue.put_nowait(item)
-            return True
-        except queue.Full:
-            self.dropped += 1
-            self.on_drop(1)
-            return False
+        return self._writer.put(item)
 
-    def _run(self) -> None:
-        lower_thread_priority()
-        while not (self._stop.is_set() and self._queue.empty()):
-            rows: list[dict[str, Any]] = []
-            deadline = time.monotonic() + self.flush_seconds
-            while len(rows) < self.flush_rows and (remaining := deadline - time.monotonic()) > 0:
-                try:
-                    item = self._queue.get(timeout=min(remaining, 0.1))
-                except queue.Empty:
-                    if self._stop.is_set():
-                        break
-                    continue
-                try:
-                    rows.extend(item() if callable(item) else [item])
-                except Exception:
-                    log.exception("building a prediction-log row failed; dropping it")
-                    self.dropped += 1
-            if rows:
-                self._write(rows)
+    def _write_batch(self, items: list[Item]) -> None:
+        rows: list[dict[str, Any]] = []
+        for item in items:
+            try:
+                rows.extend(item() if callable(item) else [item])
+            except Exception:
+                log.exception("building a prediction-log row failed; dropping it")
+                self._writer.drop("row_error", 1)
+        if rows:
+            self._write(rows)
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
         day = datetime.now(UTC).strftime("%Y-%m-%d")
@@ -107,15 +88,12 @@ class PredictionLog:
                     fh.write(text)
             self.written += len(rows)
         except Exception as exc:  # storage trouble must never reach the request path
-            self.dropped += len(rows)
-            self.on_drop(len(rows))
+            self._writer.drop("storage_error", len(rows))
             log.warning("prediction log %s not writable (%s); dropped %d row(s)", self.uri, exc, len(rows))
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Write what is queued and stop the writer thread."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+    def close(self, timeout: float = 10.0) -> bool:
+        """Write what is queued within ``timeout`` seconds (then drop and count the rest); stop the thread."""
+        return self._writer.close(timeout)
 
 
 def _jsonable(value: Any) -> Any:

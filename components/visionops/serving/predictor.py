@@ -17,25 +17,10 @@ from visionops.images import ImageLimits, decode_image
 
 log = logging.getLogger(__name__)
 
-#: How :class:`ImageError` messages from :func:`visionops.images.decode_image` map to HTTP statuses.
-_IMAGE_ERROR_STATUS = (
-    ("empty image", 400),
-    ("image too large", 413),
-    ("image has too many pixels", 413),
-    ("absurd image dimensions", 422),
-    ("unsupported image format", 415),
-    ("not a decodable image", 415),
-    ("corrupt or truncated", 422),
-)
-
 
 def image_error_status(exc: ImageError) -> int:
-    """The HTTP status for an image refused by :func:`decode_image` (422 when the reason is unknown)."""
-    message = str(exc)
-    for prefix, status in _IMAGE_ERROR_STATUS:
-        if message.startswith(prefix):
-            return status
-    return 422
+    """The HTTP status for an image refused by :func:`decode_image`: the status its type carries."""
+    return exc.http_status
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -140,6 +125,14 @@ class Predictor:
             "threshold": self.threshold,
             "model_version": self.version,
         }
+
+    def thumbnail(self, image):
+        """The small copy the drift statistics are computed from (None where features are absent)."""
+        return None if self._features is None else self._features.thumbnail(image)
+
+    def row_maker(self):
+        """What builds feature rows away from the model (decision rule + projection), or None."""
+        return None if self._features is None else self._features.RowMaker.of(self.bundle)
 
     def feature_rows(self, images: list, outputs: Outputs) -> list[dict[str, Any]]:
         """Drift feature rows for decoded images and their outputs (empty dicts when features are absent)."""

@@ -37,14 +37,14 @@ from bentoml.exceptions import ServiceUnavailable
 from bentoml.validators import ContentType
 from starlette.datastructures import UploadFile
 
-from visionops.errors import ImageError
+from visionops.errors import ImageError, PayloadTooLarge, RequestError, UnsupportedMediaType
 from visionops.images import ImageLimits
 from visionops.serving import bundled_model_uri
 from visionops.serving.capture import PayloadCapture
-from visionops.serving.emitter import DROP_REASONS, LazyRows, MonitorEmitter
+from visionops.serving.emitter import DROP_REASONS
 from visionops.serving.metrics import serving_metrics
-from visionops.serving.prediction_log import PredictionLog
-from visionops.serving.predictor import Predictor, image_error_status
+from visionops.serving.monitor_process import MonitorProcess, PredictionEvent
+from visionops.serving.predictor import Predictor
 from visionops.serving.settings import ServingSettings
 
 log = logging.getLogger("visionops.serving")
@@ -68,37 +68,27 @@ class Upload:
     filename: str | None = None
 
 
-@dataclass
-class Problem:
-    """A request refused before any image was looked at (status + message)."""
-
-    status: int
-    message: str
-
-
-class BodyTooLarge(Exception):
+class BodyTooLarge(PayloadTooLarge):
     """Raised by :class:`BodyLimit` while a body without a (truthful) Content-Length is being read."""
-
-
-class RequestRefused(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def _media_type(value: str | None) -> str:
     return (value or "").split(";")[0].strip().lower()
 
 
-async def _read_uploads(request, field: str, *, many: bool) -> list[Upload] | Problem:
-    """The image(s) of a request: multipart field ``field`` (repeated when ``many``) or a raw image body."""
+async def _read_uploads(request, field: str, *, many: bool) -> list[Upload] | RequestError:
+    """The image(s) of a request: multipart field ``field`` (repeated when ``many``) or a raw image body.
+
+    A refused request comes back as its :class:`RequestError` (whose type carries the status), answered by
+    the endpoint so that it gets a request id and is counted like every other answer.
+    """
     try:
         return await _parse_uploads(request, field, many=many)
-    except BodyTooLarge as exc:
-        return Problem(413, str(exc))
+    except RequestError as exc:
+        return exc
 
 
-async def _parse_uploads(request, field: str, *, many: bool) -> list[Upload] | Problem:
+async def _parse_uploads(request, field: str, *, many: bool) -> list[Upload]:
     media = _media_type(request.headers.get("content-type"))
     if media.startswith("image/") or (media == "application/octet-stream" and not many):
         body = await request.body()
@@ -109,30 +99,29 @@ async def _parse_uploads(request, field: str, *, many: bool) -> list[Upload] | P
             if many
             else f"multipart/form-data with the field {field!r}, or the raw image with Content-Type image/*"
         )
-        return Problem(415, f"unsupported Content-Type {media or '(none)'!r}: send {how}")
+        raise UnsupportedMediaType(f"unsupported Content-Type {media or '(none)'!r}: send {how}")
     try:
         form = await request.form()
     except BodyTooLarge:
         raise
     except Exception as exc:  # malformed multipart body
-        return Problem(400, f"malformed multipart body: {exc}")
+        raise RequestError(f"malformed multipart body: {exc}") from exc
     parts = form.getlist(field)
     if not parts:
-        return Problem(
-            400,
+        raise RequestError(
             f"multipart field {field!r} is missing (got fields {sorted(set(form.keys()))}); "
             f"send the image{'s' if many else ''} as {field!r}",
         )
     if not many and len(parts) > 1:
-        return Problem(400, f"send exactly one {field!r} field here; use /classify_batch for several images")
+        raise RequestError(f"send exactly one {field!r} field here; use /classify_batch for several images")
     uploads = []
     for part in parts:
         if not isinstance(part, UploadFile):
-            return Problem(400, f"field {field!r} must be a file upload, not a text value")
+            raise RequestError(f"field {field!r} must be a file upload, not a text value")
         ctype = _media_type(part.content_type)
         if ctype and not ctype.startswith(ACCEPTED_TYPES):
-            return Problem(
-                415, f"part {part.filename or field!r} has Content-Type {ctype!r}; send an image/*"
+            raise UnsupportedMediaType(
+                f"part {part.filename or field!r} has Content-Type {ctype!r}; send an image/*"
             )
         uploads.append(Upload(await part.read(), ctype or None, part.filename))
     return uploads
@@ -186,8 +175,11 @@ class BodyLimit:
             if length is not None and length.isdigit() and int(length) > limit:
                 from starlette.responses import JSONResponse
 
-                message = f"request body of {int(length)} bytes exceeds the limit of {limit} bytes"
-                await JSONResponse({"error": message}, status_code=413)(scope, receive, send)
+                refused = PayloadTooLarge(
+                    f"request body of {int(length)} bytes exceeds the limit of {limit} bytes"
+                )
+                response = JSONResponse({"error": str(refused)}, status_code=refused.http_status)
+                await response(scope, receive, send)
                 return
             receive = _counting(receive, limit)
         await self.app(scope, receive, send)
@@ -236,17 +228,16 @@ class VisionOpsClassifier:
         self.metrics.model_info.labels(self.predictor.version, self.predictor.architecture).set(1)
         for reason in DROP_REASONS:  # zero samples, so the series exist before the first drop
             self.metrics.dropped.labels(reason)
-        self.emitter = None
-        if self.settings.monitor_url:
+        self.monitor = None
+        if self.settings.monitor_url or self.settings.prediction_log:
             dropped = self.metrics.dropped
-            self.emitter = MonitorEmitter(
-                self.settings.monitor_url,
+            self.monitor = MonitorProcess(
+                self.predictor.row_maker(),
+                monitor_url=self.settings.monitor_url,
+                prediction_log=self.settings.prediction_log,
                 queue_size=self.settings.monitor_queue_size,
                 on_drop=lambda reason, n: dropped.labels(reason).inc(n),
             )
-        self.prediction_log = (
-            PredictionLog(self.settings.prediction_log) if self.settings.prediction_log else None
-        )
         self.capture = None
         if self.settings.capture_uri and self.settings.capture_rate > 0:
             self.capture = PayloadCapture(self.settings.capture_uri, self.settings.capture_rate)
@@ -264,8 +255,9 @@ class VisionOpsClassifier:
 
     @bentoml.on_shutdown
     def _flush(self) -> None:
-        """Deliver what is queued for the monitor and the prediction log before the process exits."""
-        for sink in (self.emitter, self.prediction_log):
+        """Deliver what is queued for the monitor, the prediction log and the capture before the process
+        exits (each within its own deadline; what is left is dropped and counted)."""
+        for sink in (self.monitor, self.capture):
             if sink is not None:
                 sink.close(timeout=5.0)
 
@@ -278,9 +270,9 @@ class VisionOpsClassifier:
 
         size = self.predictor.bundle.preprocess.resize_size
         image = Image.new("RGB", (size, size), (128, 128, 128))
-        outputs = self.predictor.infer(self.predictor.to_tensor(image)[None])
-        if self.emitter is not None or self.prediction_log is not None:
-            self.predictor.feature_rows([image], outputs)  # first-call costs of the feature path, too
+        self.predictor.infer(self.predictor.to_tensor(image)[None])
+        if self.monitor is not None:
+            self.predictor.thumbnail(image)  # first-call costs of the request-side monitoring step, too
 
     # -- batching -------------------------------------------------------------------------------------------
     def _infer_batch(self, tensors: Sequence[Any]) -> list[tuple[Any, Any]]:
@@ -309,20 +301,27 @@ class VisionOpsClassifier:
         given = ctx.request.headers.get("x-request-id", "")
         return given if _REQUEST_ID.match(given) else uuid.uuid4().hex
 
-    def _prepare(self, uploads: list[Upload]) -> list[tuple[Any, Any]]:
-        """Decode and transform each upload (in a worker thread); the first bad image refuses the request."""
+    def _prepare(self, uploads: list[Upload]) -> list[tuple[Any, Any, Any]]:
+        """Decode and transform each upload (in a worker thread); the first bad image refuses the request.
+
+        Each entry is (image, tensor, thumbnail): the small thumbnail is all the monitoring path gets of the
+        image (None when monitoring and logging are off).
+        """
+        watch = self.monitor is not None
         prepared = []
         for i, upload in enumerate(uploads):
             try:
                 image = self.predictor.decode(upload.data)
             except ImageError as exc:
-                where = f"image {i} ({upload.filename}): " if len(uploads) > 1 else ""
-                raise RequestRefused(image_error_status(exc), f"{where}{exc}") from exc
-            prepared.append((image, self.predictor.to_tensor(image)))
+                if len(uploads) > 1:  # same type (so the same status), the message says which image
+                    raise type(exc)(f"image {i} ({upload.filename}): {exc}") from exc
+                raise
+            thumb = self.predictor.thumbnail(image) if watch else None
+            prepared.append((image, self.predictor.to_tensor(image), thumb))
         return prepared
 
     async def _answer(
-        self, endpoint: str, uploads: list[Upload] | Problem, ctx: bentoml.Context, *, many: bool
+        self, endpoint: str, uploads: list[Upload] | RequestError, ctx: bentoml.Context, *, many: bool
     ):
         started = time.perf_counter()
         rid = self._request_id(ctx)
@@ -330,18 +329,17 @@ class VisionOpsClassifier:
         version = self.predictor.version
         status = 200
         try:
-            if isinstance(uploads, Problem):
-                raise RequestRefused(uploads.status, uploads.message)
+            if isinstance(uploads, RequestError):
+                raise uploads
             if many and len(uploads) > self.settings.max_request_images:
-                raise RequestRefused(
-                    413,
+                raise PayloadTooLarge(
                     f"{len(uploads)} images in one request; the limit is {self.settings.max_request_images} "
                     "(VISIONOPS_MAX_REQUEST_IMAGES)",
                 )
             prepared = await anyio.to_thread.run_sync(self._prepare, uploads)
-            outputs = await asyncio.gather(*(self._infer_one(tensor) for _, tensor in prepared))
-        except RequestRefused as exc:
-            status, body = exc.status, {"error": str(exc), "request_id": rid}
+            outputs = await asyncio.gather(*(self._infer_one(tensor) for _, tensor, _ in prepared))
+        except RequestError as exc:
+            status, body = exc.http_status, {"error": str(exc), "request_id": rid}
         except ServiceUnavailable as exc:
             status, body = 503, {"error": str(exc), "request_id": rid}
         else:
@@ -366,52 +364,36 @@ class VisionOpsClassifier:
         return body
 
     def _record(self, rid: str, uploads, prepared, outputs, answers) -> None:
-        """Hand the events to the monitor, the prediction log and the capture (all non-blocking)."""
-        if self.emitter is None and self.prediction_log is None and self.capture is None:
+        """Hand the event to the monitoring process and the capture (both non-blocking).
+
+        The event holds thumbnails and the outputs of the forward pass that already ran; rows are built in
+        the monitoring process (see :mod:`visionops.serving.monitor_process`).
+        """
+        if self.monitor is None and self.capture is None:
             return
+        import numpy as np
+
         stamp = time.time()
         now = datetime.fromtimestamp(stamp, UTC).isoformat()
         variant = self.settings.variant
-        predictor = self.predictor
-
-        def build() -> list[dict[str, Any]]:
-            import numpy as np
-
-            from visionops.serving.predictor import Outputs
-
-            images = [image for image, _ in prepared]
-            probs = np.stack([np.asarray(p) for p, _ in outputs])
+        if self.monitor is not None:
             embs = [e for _, e in outputs]
-            emb = None if any(e is None for e in embs) else np.stack([np.asarray(e) for e in embs])
-            features = predictor.feature_rows(images, Outputs(probs, emb))
-            rows = []
-            for answer, feats in zip(answers, features, strict=True):
-                rows.append(
-                    {
-                        **feats,
-                        "type": "prediction",
-                        "request_id": answer["request_id"],
-                        "time": now,
-                        "timestamp": stamp,
-                        "model_version": answer["model_version"],
-                        "variant": variant,
-                        "prediction": answer["label"],
-                        "label": answer["label"],
-                        "confidence": answer["confidence"],
-                        "probability": answer["probability"],
-                        "probs": answer["probabilities"],
-                        "threshold": answer["threshold"],
-                    }
+            thumbs = [t for _, _, t in prepared]
+            self.monitor.emit(
+                PredictionEvent(
+                    thumbs=None if any(t is None for t in thumbs) else thumbs,
+                    probs=np.stack([np.asarray(p) for p, _ in outputs]),
+                    embeddings=None
+                    if any(e is None for e in embs)
+                    else np.stack([np.asarray(e) for e in embs]),
+                    answers=answers,
+                    time=now,
+                    timestamp=stamp,
+                    variant=variant,
                 )
-            return rows
-
-        rows = LazyRows(build)
-        if self.emitter is not None:
-            self.emitter.emit(rows)
-        if self.prediction_log is not None:
-            self.prediction_log.append(rows)
+            )
         if self.capture is not None:
-            for (image, _), upload, answer in zip(prepared, uploads, answers, strict=True):
+            for (image, _, _), upload, answer in zip(prepared, uploads, answers, strict=True):
                 if self.capture.sample():
                     record = {**answer, "time": now, "variant": variant}
                     self.capture.submit(upload.data, image, record)
@@ -426,16 +408,22 @@ class VisionOpsClassifier:
         """Classify several images (multipart, field ``images`` repeated) in one request."""
         return await self._answer("classify_batch", images, ctx, many=True)
 
+    def _check_feedback(self, request_id: str, label: str) -> None:
+        """Refuse feedback with a label the model does not know or an id this service never gave."""
+        if label not in self.predictor.classes:
+            raise RequestError(f"unknown label {label!r}; valid: {self.predictor.classes}")
+        if not _FEEDBACK_ID.match(request_id):
+            raise RequestError(f"request_id {request_id!r} is not a request id from this service")
+
     @bentoml.api(route="/feedback")
     async def feedback(self, request_id: str, label: str, ctx: bentoml.Context) -> dict[str, Any]:
         """Record the true label of an earlier answer (ground truth for live quality)."""
         started = time.perf_counter()
         version = self.predictor.version
-        if label not in self.predictor.classes:
-            status = 400
-            body: dict[str, Any] = {"error": f"unknown label {label!r}; valid: {self.predictor.classes}"}
-        elif not _FEEDBACK_ID.match(request_id):
-            status, body = 400, {"error": f"request_id {request_id!r} is not a request id from this service"}
+        try:
+            self._check_feedback(request_id, label)
+        except RequestError as exc:
+            status, body = exc.http_status, {"error": str(exc)}
         else:
             status = 200
             common = {
@@ -443,14 +431,18 @@ class VisionOpsClassifier:
                 "time": datetime.now(UTC).isoformat(),
                 "model_version": version,
             }
-            forwarded = False
-            if self.emitter is not None:  # the sidecar's contract: {"request_id", "label"}
-                forwarded = self.emitter.feedback({**common, "label": label})
-            logged = False
-            if self.prediction_log is not None:  # log records with a "feedback" key are ground truth
-                record = {**common, "type": "feedback", "feedback": label, "variant": self.settings.variant}
-                logged = self.prediction_log.append(record)
-            body = {"request_id": request_id, "label": label, "forwarded": forwarded, "logged": logged}
+            # the sidecar's contract: {"request_id", "label"}; log records with a "feedback" key are ground truth
+            to_monitor = {**common, "label": label} if self.settings.monitor_url else None
+            to_log = None
+            if self.settings.prediction_log:
+                to_log = {**common, "type": "feedback", "feedback": label, "variant": self.settings.variant}
+            queued = self.monitor is not None and self.monitor.feedback(to_monitor, to_log)
+            body = {
+                "request_id": request_id,
+                "label": label,
+                "forwarded": queued and to_monitor is not None,
+                "logged": queued and to_log is not None,
+            }
         ctx.response.status_code = status
         self.metrics.requests.labels("feedback", str(status), version).inc()
         self.metrics.latency.labels("feedback", version).observe(time.perf_counter() - started)
