@@ -311,10 +311,10 @@ class VisionOpsClassifier:
 
     def _prepare(self, uploads: list[Upload]) -> list[tuple[Any, Any]]:
         """Decode and transform each upload (in a worker thread); the first bad image refuses the request."""
-        prepared = []
+        prepared, budget = [], self.predictor.limits.request_budget()  # decoded pixels per request
         for i, upload in enumerate(uploads):
             try:
-                image = self.predictor.decode(upload.data)
+                image = self.predictor.decode(upload.data, budget)
             except ImageError as exc:
                 where = f"image {i} ({upload.filename}): " if len(uploads) > 1 else ""
                 raise RequestRefused(image_error_status(exc), f"{where}{exc}") from exc
