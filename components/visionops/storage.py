@@ -310,7 +310,7 @@ class S3Store:
                 batch = [DeleteObject(k) for k in keys[start : start + 1000]]
                 where = f"s3://{bucket}/{keys[start]}"
                 errors = self._call(
-                    "delete", where, lambda b=batch: list(self.client.remove_objects(bucket, b))
+                    "delete", where, lambda k=bucket, b=batch: list(self.client.remove_objects(k, b))
                 )
                 if errors:
                     raise StorageError(f"cannot delete {len(errors)} object(s) in {bucket}: {errors[0]}")

@@ -129,7 +129,9 @@ def verify_content(uri: str, meta: dict[str, Any], raw: bytes) -> None:
     import pandas as pd
 
     # as text, as write_dataset saw them (a label "007" must not come back as the number 7)
-    columns = pd.read_csv(io.BytesIO(raw), usecols=["sha256", "label", "split"], dtype=str, keep_default_na=False)
+    columns = pd.read_csv(
+        io.BytesIO(raw), usecols=["sha256", "label", "split"], dtype=str, keep_default_na=False
+    )
     version = content_version(columns, "ds")
     if meta.get("version") and version != meta["version"]:
         raise DataError(
