@@ -27,6 +27,7 @@ from typing import Any
 
 from visionops import storage
 from visionops.errors import DataError
+from visionops.reports import neutralise_frame, restore_frame
 
 MANIFEST = "manifest.csv"
 QUARANTINE = "quarantine.csv"
@@ -87,7 +88,7 @@ def read_manifest_frame(uri: str, data: bytes | None = None):
     csv_uri = uri if str(uri).endswith(".csv") else storage.join(uri, MANIFEST)
     try:
         raw = storage.read_bytes(csv_uri) if data is None else data
-        frame = pd.read_csv(io.BytesIO(raw), dtype={"group": str}, keep_default_na=False)
+        frame = restore_frame(pd.read_csv(io.BytesIO(raw), dtype={"group": str}, keep_default_na=False))
     except DataError:
         raise
     except Exception as exc:
@@ -163,10 +164,11 @@ def write_dataset(
     }
     with tempfile.TemporaryDirectory(prefix="visionops-dataset-") as tmp:
         root = Path(tmp)
-        frame.to_csv(root / MANIFEST, index=False)
+        # spreadsheets run cells that start with = + - @: neutralised, and restored by read_manifest_frame
+        neutralise_frame(frame).to_csv(root / MANIFEST, index=False)
         meta["manifest_sha256"] = hashlib.sha256((root / MANIFEST).read_bytes()).hexdigest()
         q = quarantine if quarantine is not None else pd.DataFrame(columns=["path", "reason"])
-        q.to_csv(root / QUARANTINE, index=False)
+        neutralise_frame(q).to_csv(root / QUARANTINE, index=False)
         for name, src in (extra_files or {}).items():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, root / name)
