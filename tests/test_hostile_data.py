@@ -530,3 +530,19 @@ def test_formula_cells_are_neutralised_in_the_manifest_and_restored_on_load(face
     raw = _read(tmp_path / "ds" / "manifest.csv")
     assert {r["site"] for r in raw} == {"'" + formula}
     assert set(load_dataset(ds.uri).frame["site"]) == {formula}
+
+
+def test_labeling_select_sources_are_confined_too(faces, tmp_path):
+    from visionops.labeling.select import discover
+
+    src = tmp_path / "captures"
+    shutil.copytree(faces / "glasses", src)
+    listing = src / "list.csv"
+    _write_csv(listing, [{"path": "../../../../etc/passwd"}, {"path": next(src.glob("*.png")).name}])
+    with pytest.raises(DataError, match=r"etc/passwd \(outside the source root\)"):
+        discover(str(listing))
+    (src / "link.png").symlink_to(next((faces / "no_glasses").glob("*.png")))
+    listing.unlink()
+    with pytest.raises(DataError, match=r"link\.png \(it resolves to"):
+        discover(str(src))
+    assert len(discover(str(src), confinement=Confinement(allow_outside_source=True))) > 1

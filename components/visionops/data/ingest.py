@@ -167,9 +167,9 @@ def _outside(uri: str, root: str, confinement: Confinement) -> str | None:
     return None
 
 
-def confine(items: list[SourceItem], root: str, confinement: Confinement) -> None:
-    """Refuse the source when any item points outside ``root`` (naming up to five offending paths)."""
-    bad = [(item.uri, why) for item in items if (why := _outside(item.uri, root, confinement))]
+def confine(uris: list[str], root: str, confinement: Confinement) -> None:
+    """Refuse the source when any URI points outside ``root`` (naming up to five offending paths)."""
+    bad = [(uri, why) for uri in uris if (why := _outside(uri, root, confinement))]
     if bad:
         examples = "; ".join(f"{uri} ({why})" for uri, why in bad[:5])
         raise DataError(
@@ -202,7 +202,7 @@ def discover(
         raise DataError(f"source {source} does not exist: give an ImageFolder directory or a labels CSV")
     if source.endswith(".csv"):
         items, metadata = read_labels_csv(source)
-        confine(items, _parent(source), confinement)
+        confine([i.uri for i in items], _parent(source), confinement)
         return items, metadata, "csv"
     if not storage.is_remote(source) and Path(source).is_file():
         raise DataError(
@@ -212,7 +212,7 @@ def discover(
     if storage.exists(labels_csv):
         log.info("reading labels from %s", labels_csv)
         items, metadata = read_labels_csv(labels_csv)
-        confine(items, _parent(labels_csv), confinement)
+        confine([i.uri for i in items], _parent(labels_csv), confinement)
         return items, metadata, "csv"
     items = []
     root = source.rstrip("/") if storage.is_remote(source) else str(Path(source).resolve())
@@ -221,7 +221,7 @@ def discover(
         if len(parts) < 2 or any(p.startswith(".") for p in parts):
             continue  # files beside the class folders (README, manifest...) and hidden files are not images
         items.append(SourceItem(uri=uri, label=parts[0]))
-    confine(items, root, confinement)  # a symlink in the folder may point anywhere
+    confine([i.uri for i in items], root, confinement)  # a symlink in the folder may point anywhere
     if not items:
         raise DataError(
             f"no images found under {source}: expected one folder per class "
