@@ -181,7 +181,7 @@ def merge_cmd(
 
     if csv_only:
         typer.echo(
-            f"combined labels -> {write_combined_labels(previous, batch, output)} (ingest with --golden {previous})"
+            f"combined labels -> {write_combined_labels(previous, batch, output)} (ingest with --golden {previous}; add --allow-outside-source where its images are not under its folder)"
         )
         return
     dataset = merge_batch(previous, batch, output, seed=seed)
