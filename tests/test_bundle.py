@@ -77,6 +77,12 @@ def test_incomplete_or_mismatched_bundle_fails_clearly(tmp_path):
     meta = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
     meta["classes"] = ["a", "b", "c"]
     (tmp_path / "bundle" / "bundle.json").write_text(json.dumps(meta))
+    # a marker edited by hand names another model than its weights: refused before the weights are used
+    with pytest.raises(BundleError, match="belong to different versions"):
+        bundle_mod.load_bundle(uri)
+    weights = (tmp_path / "bundle" / "model.safetensors").read_bytes()
+    meta["model_version"] = bundle_mod.model_version_of(weights, meta)
+    (tmp_path / "bundle" / "bundle.json").write_text(json.dumps(meta))
     with pytest.raises(BundleError, match="do not fit architecture 'tiny_cnn' with 3 classes"):
         bundle_mod.load_bundle(uri)
 

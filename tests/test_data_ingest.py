@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from visionops import storage
 from visionops.data import synth
-from visionops.data.ingest import assign_splits, ingest
+from visionops.data.ingest import OPEN, assign_splits, ingest
 from visionops.data.manifest import load_dataset
 from visionops.errors import ConfigError, DataError, StorageError
 
@@ -86,7 +86,9 @@ def test_labels_csv_gives_group_aware_splits_and_metadata(synth_dir, tmp_path):
     rows = _csv(synth_dir / "labels.csv")
     with open(csv_path, "w", newline="") as fh:
         fh.write("path,label\n" + "".join(f"{synth_dir / r['path']},{r['label']}\n" for r in rows[:20]))
-    ds2 = ingest(str(csv_path), str(tmp_path / "ds2"), progress=False)
+    with pytest.raises(DataError, match="point outside it.*--allow-outside-source"):
+        ingest(str(csv_path), str(tmp_path / "ds2"), progress=False)  # outside the CSV's own directory
+    ds2 = ingest(str(csv_path), str(tmp_path / "ds2"), progress=False, confinement=OPEN)
     assert len(ds2.frame) == 20 and set(ds2.frame["group"]) == {""}
 
 
@@ -170,7 +172,9 @@ def test_golden_set_is_kept_and_never_in_train_or_val(synth_dir, tmp_path):
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    v2 = ingest(str(both), str(tmp_path / "v2"), golden=str(tmp_path / "v1"), seed=5, progress=False)
+    v2 = ingest(
+        str(both), str(tmp_path / "v2"), golden=str(tmp_path / "v1"), seed=5, progress=False, confinement=OPEN
+    )
     assert v2.golden_version == v1.golden_version
     assert set(v2.split("test")["sha256"]) == golden_shas
     assert not golden_shas & (set(v2.split("train")["sha256"]) | set(v2.split("val")["sha256"]))
@@ -178,11 +182,22 @@ def test_golden_set_is_kept_and_never_in_train_or_val(synth_dir, tmp_path):
     # the golden images now live in v2's own image store
     assert all(p.startswith(str((tmp_path / "v2").resolve())) for p in v2.split("test")["path"])
     # re-ingesting with yet another image keeps the golden version
-    v3 = ingest(str(both), str(tmp_path / "v3"), golden=str(tmp_path / "v2" / "manifest.csv"), progress=False)
+    v3 = ingest(
+        str(both),
+        str(tmp_path / "v3"),
+        golden=str(tmp_path / "v2" / "manifest.csv"),
+        progress=False,
+        confinement=OPEN,
+    )
     assert v3.golden_version == v1.golden_version
     # extending the golden set is explicit and changes its version
     v4 = ingest(
-        str(both), str(tmp_path / "v4"), golden=str(tmp_path / "v1"), extend_golden=True, progress=False
+        str(both),
+        str(tmp_path / "v4"),
+        golden=str(tmp_path / "v1"),
+        extend_golden=True,
+        progress=False,
+        confinement=OPEN,
     )
     assert set(v4.split("test")["sha256"]) > golden_shas
     assert v4.golden_version != v1.golden_version

@@ -13,6 +13,10 @@ version, code version, torch/torchvision versions, device), history (per-epoch m
 evaluation (summary, filled by the gate).
 
 Serving, drift and evaluation rebuild everything from the bundle via :func:`load_bundle`; never from constants.
+
+A version cannot lie: ``bundle.json`` records the sha256 of the weights (``weights_sha256``) and
+:func:`load_bundle` checks the weights it loads against it and against the model version the marker names,
+refusing a bundle whose marker belongs to other weights (an overwrite interrupted before the marker).
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ def save_bundle(model, meta: dict[str, Any], uri: str, *, extra_files: dict[str,
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     weights = save_safetensors(state)
     meta["model_version"] = model_version_of(weights, meta)
+    meta["weights_sha256"] = hashlib.sha256(weights).hexdigest()
     with tempfile.TemporaryDirectory(prefix="visionops-bundle-") as tmp:
         root = Path(tmp)
         (root / WEIGHTS).write_bytes(weights)
@@ -313,6 +318,27 @@ def load_state_dict(path: Path) -> dict:
     return state
 
 
+def verify_weights(uri: str, meta: dict[str, Any], weights: bytes) -> None:
+    """Refuse weights that are not the ones the marker names: their recorded sha256 and the weights' version
+    (``weights_version`` where a derived bundle carries one, else ``model_version``)."""
+    recorded = meta.get("weights_sha256")
+    actual = hashlib.sha256(weights).hexdigest()
+    if recorded and recorded != actual:
+        raise BundleError(
+            f"model bundle at {uri}: {WEIGHTS} has sha256 {actual[:12]} but {MARKER} (model "
+            f"{meta.get('model_version')}) records {recorded[:12]}: the weights were replaced after the marker "
+            "was written (an interrupted overwrite?). Re-publish the bundle"
+        )
+    named = meta.get("weights_version") or meta.get("model_version")
+    version = model_version_of(weights, meta)
+    if named != version:
+        raise BundleError(
+            f"model bundle at {uri}: {MARKER} names model {named} but {WEIGHTS} (with its architecture and "
+            f"classes) is model {version}: the marker and the weights belong to different versions. "
+            "Re-publish the bundle"
+        )
+
+
 def load_bundle(uri: str, *, device: str = "cpu", cache_dir: str | Path | None = None) -> Bundle:
     """Load a bundle from a local path or ``s3://`` URI and rebuild its model (eval mode) on ``device``.
 
@@ -330,6 +356,7 @@ def load_bundle(uri: str, *, device: str = "cpu", cache_dir: str | Path | None =
     weights = local / WEIGHTS
     if not weights.is_file():
         raise BundleError(f"model bundle at {uri} is incomplete: {WEIGHTS} is missing")
+    verify_weights(uri, meta, weights.read_bytes())
     model = create_model(meta["architecture"], len(meta["classes"]))
     state = load_state_dict(weights)
     try:

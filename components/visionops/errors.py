@@ -74,3 +74,8 @@ class UnsupportedImage(ImageError, UnsupportedMediaType):
 
 class GateError(VisionOpsError):
     """Evaluation or promotion could not be decided (e.g. golden set versions differ)."""
+
+
+class StorageUnreachable(StorageError):
+    """The storage endpoint did not answer within its deadline (down, stalled, unreachable): retrying the
+    next object would only wait again, so whole jobs (an ingest) stop at the first one."""

@@ -99,7 +99,7 @@ def thumbnail(img) -> Thumbnail:
     import numpy as np
     from PIL import Image
 
-    width, height = img.size
+    width, height = img.info.get("source_size", img.size)  # the size sent, not the draft-decoded one
     if width < 1 or height < 1:
         raise ConfigError(f"image has no pixels ({width}x{height})")
     small = img.convert("RGB") if img.mode != "RGB" else img

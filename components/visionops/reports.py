@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,44 @@ def html_page(title: str, sections: Iterable[tuple[str, str]], *, subtitle: str 
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{escape(title)}</title>'
         f"<style>{_CSS}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n"
     )
+
+
+#: A cell a spreadsheet would run as a formula (after any quotes we added): = + - @ tab CR.
+_FORMULA = re.compile(r"'*[=+\-@\t\r]")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def neutralise_cell(value: Any) -> Any:
+    """A CSV cell made safe for spreadsheets: text that starts with = + - @ (a formula: ``=cmd|...``) gets a
+    leading ``'``; numbers such as ``-3`` stay. :func:`restore_cell` undoes it exactly (a value that already
+    starts with quotes before such a character gets one more), so a file round-trips."""
+    if isinstance(value, str) and _FORMULA.match(value) and not _NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
+def restore_cell(value: Any) -> Any:
+    """The inverse of :func:`neutralise_cell`."""
+    if isinstance(value, str) and value.startswith("'") and _FORMULA.match(value):
+        return value[1:]
+    return value
+
+
+def neutralise_frame(frame):
+    """A copy of a pandas DataFrame with every text cell passed through :func:`neutralise_cell`."""
+    out = frame.copy()
+    for column in out.columns:
+        if out[column].dtype == object:
+            out[column] = out[column].map(neutralise_cell)
+    return out
+
+
+def restore_frame(frame):
+    """The inverse of :func:`neutralise_frame` (for CSVs this library wrote)."""
+    for column in frame.columns:
+        if frame[column].dtype == object:
+            frame[column] = frame[column].map(restore_cell)
+    return frame
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

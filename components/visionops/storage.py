@@ -13,10 +13,14 @@ Configuration comes from the environment (in a cluster: a Kubernetes Secret mapp
 ``AWS_REGION``              optional region (``AWS_DEFAULT_REGION`` is read too)
 ``S3_VERIFY_TLS``           ``false`` to skip certificate checks (self-signed MinIO); default true
 ``AWS_CA_BUNDLE``           optional CA bundle file for TLS
+``S3_TIMEOUT_S``            connect and read timeout of one request in seconds (default 30)
+``S3_DEADLINE_S``           the most one operation may take, retries included (default 120): a stalled
+                            endpoint fails within it (:class:`~visionops.errors.StorageUnreachable`)
 ==========================  =====================================================================
 
-A multi-file artifact (a dataset, a model bundle) is only visible when complete: :func:`publish_dir` writes
-its marker file (``dataset.json``, ``bundle.json``) last, and readers check for the marker first.
+A multi-file artifact (a dataset, a model bundle) is only visible when complete: :func:`publish_dir` removes
+an existing marker file (``dataset.json``, ``bundle.json``) first and writes the new one last, and readers
+check for the marker first (and then verify the content against the version it names).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import contextlib
 import io
 import os
 import shutil
+import stat
 import tempfile
 import time
 import uuid
@@ -34,7 +39,7 @@ from pathlib import Path
 from typing import ClassVar, TypeVar
 from urllib.parse import urlparse
 
-from visionops.errors import StorageError
+from visionops.errors import StorageError, StorageUnreachable
 from visionops.settings import Settings, setting
 
 T = TypeVar("T")
@@ -101,6 +106,20 @@ class S3Settings(Settings):
         True, "Check TLS certificates (false: self-signed MinIO).", env="S3_VERIFY_TLS"
     )
     ca_bundle: str | None = setting(None, "CA bundle file for TLS.", env="AWS_CA_BUNDLE")
+    timeout_s: float = setting(
+        30.0,
+        "Connect and read timeout of one S3 request, seconds.",
+        env="S3_TIMEOUT_S",
+        check=lambda v: v > 0,
+        must="must be > 0",
+    )
+    deadline_s: float = setting(
+        120.0,
+        "The most one S3 operation may take, retries included, seconds.",
+        env="S3_DEADLINE_S",
+        check=lambda v: v > 0,
+        must="must be > 0",
+    )
 
     @property
     def endpoint(self) -> str:
@@ -117,13 +136,13 @@ class S3Settings(Settings):
 
 
 def _minio_client(settings: S3Settings):
-    """A ``minio.Minio`` client with short timeouts; retries are ours (with backoff), not urllib3's."""
+    """A ``minio.Minio`` client with bounded timeouts; retries are ours (with backoff), not urllib3's."""
     import certifi
     import urllib3
     from minio import Minio
 
     http = urllib3.PoolManager(
-        timeout=urllib3.Timeout(connect=5.0, read=60.0),
+        timeout=urllib3.Timeout(connect=settings.timeout_s, read=settings.timeout_s),
         maxsize=16,
         retries=urllib3.Retry(total=0, connect=0, read=0, redirect=2),
         cert_reqs="CERT_REQUIRED" if settings.verify_tls else "CERT_NONE",
@@ -155,28 +174,35 @@ class S3Store:
 
     # -- error handling -------------------------------------------------------------------------------------
     def _call(self, what: str, uri: str, fn: Callable[[], T]) -> T:
-        """Run ``fn`` with retries on transient failures; map failures to a StorageError that says what to do."""
+        """Run ``fn`` with retries on transient failures; map failures to a StorageError that says what to do.
+
+        Retries stop at the operation's deadline (``S3_DEADLINE_S``): a stalled endpoint costs at most the
+        deadline plus one request timeout, then :class:`StorageUnreachable`.
+        """
         import urllib3.exceptions
         from minio.error import S3Error
 
-        delay = 0.2
+        delay, started = 0.2, time.monotonic()
         for attempt in range(_RETRIES + 1):
+            retry = attempt < _RETRIES and time.monotonic() - started + delay < self.settings.deadline_s
             try:
                 return fn()
             except S3Error as exc:
-                if exc.code in _TRANSIENT_S3_CODES and attempt < _RETRIES:
+                if exc.code in _TRANSIENT_S3_CODES and retry:
                     time.sleep(delay)
                     delay *= 2
                     continue
                 raise StorageError(self._explain(what, uri, exc.code, exc.message)) from exc
             except (urllib3.exceptions.HTTPError, OSError) as exc:
-                if attempt < _RETRIES:
+                if retry and time.monotonic() - started + delay < self.settings.deadline_s:
                     time.sleep(delay)
                     delay *= 2
                     continue
-                raise StorageError(
-                    f"cannot {what} {uri}: the S3 endpoint {self.settings.url} is unreachable ({exc.__class__.__name__}). "
-                    "Check S3_ENDPOINT_URL and that the server is up."
+                raise StorageUnreachable(
+                    f"cannot {what} {uri}: the S3 endpoint {self.settings.url} is unreachable or stalled "
+                    f"({exc.__class__.__name__}) after {time.monotonic() - started:.1f}s and {attempt + 1} "
+                    f"attempt(s). Check S3_ENDPOINT_URL and that the server is up (deadline S3_DEADLINE_S="
+                    f"{self.settings.deadline_s:g}s, timeout S3_TIMEOUT_S={self.settings.timeout_s:g}s)."
                 ) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -223,6 +249,24 @@ class S3Store:
 
         return self._call("read", uri, get)
 
+    def read_limited(self, uri: str, max_bytes: int) -> bytes:
+        """The object's bytes, refused from its size (a HEAD) before reading when over ``max_bytes``."""
+        bucket, key = split_s3(uri)
+        size = self._call("check", uri, lambda: self.client.stat_object(bucket, key)).size
+        _check_size(uri, size, max_bytes)
+
+        def get() -> bytes:
+            response = self.client.get_object(bucket, key)
+            try:
+                return response.read(max_bytes + 1)
+            finally:
+                response.close()
+                response.release_conn()
+
+        data = self._call("read", uri, get)
+        _check_size(uri, len(data), max_bytes)  # the object changed between the HEAD and the GET
+        return data
+
     def write_bytes(self, uri: str, data: bytes) -> None:
         bucket, key = split_s3(uri)
         self._call("write", uri, lambda: self.client.put_object(bucket, key, io.BytesIO(data), len(data)))
@@ -253,6 +297,24 @@ class S3Store:
         bucket, key = split_s3(uri)
         self._call("delete", uri, lambda: self.client.remove_object(bucket, key))
 
+    def delete_many(self, uris: list[str]) -> None:
+        """Delete objects in multi-object requests (1,000 keys each): a clean-up costs a few requests."""
+        from minio.deleteobjects import DeleteObject
+
+        by_bucket: dict[str, list[str]] = {}
+        for uri in uris:
+            bucket, key = split_s3(uri)
+            by_bucket.setdefault(bucket, []).append(key)
+        for bucket, keys in by_bucket.items():
+            for start in range(0, len(keys), 1000):
+                batch = [DeleteObject(k) for k in keys[start : start + 1000]]
+                where = f"s3://{bucket}/{keys[start]}"
+                errors = self._call(
+                    "delete", where, lambda k=bucket, b=batch: list(self.client.remove_objects(k, b))
+                )
+                if errors:
+                    raise StorageError(f"cannot delete {len(errors)} object(s) in {bucket}: {errors[0]}")
+
 
 class LocalStore:
     """Local files with the same interface; writes are atomic (temp file + rename)."""
@@ -275,6 +337,27 @@ class LocalStore:
             raise StorageError(f"cannot read {uri}: no such file") from exc
         except OSError as exc:
             raise StorageError(f"cannot read {uri}: {exc.strerror}") from exc
+
+    def read_limited(self, uri: str, max_bytes: int) -> bytes:
+        """The file's bytes, refused before reading when it is not a regular file or is over ``max_bytes``
+        (``/dev/zero``, a FIFO, a 1 GB sparse file: a clear error, never a MemoryError)."""
+        try:
+            info = os.stat(uri)
+            if not stat.S_ISREG(info.st_mode):
+                raise StorageError(f"cannot read {uri}: not a regular file (a device, FIFO or directory)")
+            _check_size(uri, info.st_size, max_bytes)
+            with open(uri, "rb") as fh:
+                data = fh.read(max_bytes + 1)
+        except FileNotFoundError as exc:
+            raise StorageError(f"cannot read {uri}: no such file") from exc
+        except OSError as exc:
+            raise StorageError(f"cannot read {uri}: {exc.strerror}") from exc
+        _check_size(uri, len(data), max_bytes)  # the file grew between the stat and the read
+        return data
+
+    def delete_many(self, uris: list[str]) -> None:
+        for uri in uris:
+            self.delete(uri)
 
     def write_bytes(self, uri: str, data: bytes) -> None:
         path = Path(uri)
@@ -316,9 +399,27 @@ def store_for(uri: str) -> S3Store | LocalStore:
     return LocalStore()
 
 
+def _check_size(uri: str, size: int, max_bytes: int) -> None:
+    if size > max_bytes:
+        raise StorageError(f"cannot read {uri}: too large: {size} bytes > limit {max_bytes}")
+
+
 # -- module-level helpers: what the rest of the library calls ------------------------------------------------
 def read_bytes(uri: str) -> bytes:
     return store_for(uri).read_bytes(str(uri))
+
+
+def read_limited(uri: str, max_bytes: int) -> bytes:
+    """The bytes at ``uri``, refused from its size (stat / HEAD) and type before reading when over
+    ``max_bytes`` or not a regular file; never reads more than ``max_bytes + 1``."""
+    return store_for(uri).read_limited(str(uri), int(max_bytes))
+
+
+def delete_many(uris: list[str]) -> None:
+    """Delete every URI (in multi-object requests on S3)."""
+    uris = [str(u) for u in uris]
+    if uris:
+        store_for(uris[0]).delete_many(uris)
 
 
 def write_bytes(uri: str, data: bytes) -> None:
@@ -362,20 +463,16 @@ def download_dir(uri: str, local_dir: str | Path) -> Path:
 def publish_dir(local_dir: str | Path, uri: str, marker: str) -> str:
     """Publish a finished local directory at ``uri`` so that readers never see half of it.
 
-    Local targets are renamed into place. S3 targets get every file first and ``marker`` last; readers look
-    for the marker before anything else (see :func:`require_marker`).
+    Local targets are renamed into place. S3 targets cannot be swapped atomically, so an existing ``marker``
+    is deleted first, every file is uploaded, and the new ``marker`` goes last: an overwrite interrupted
+    anywhere leaves no marker (readers refuse it, :func:`require_marker`), never the old marker beside new
+    content. A first publish that fails removes what it uploaded (no orphans).
     """
     local_dir = Path(local_dir)
     if not (local_dir / marker).is_file():
         raise StorageError(f"cannot publish {local_dir}: its marker file {marker!r} is missing")
     if is_remote(uri):
-        store = store_for(uri)
-        files = sorted(p for p in local_dir.rglob("*") if p.is_file())
-        for path in files:
-            if path.relative_to(local_dir).as_posix() != marker:
-                store.upload_file(path, join(uri, path.relative_to(local_dir).as_posix()))
-        store.upload_file(local_dir / marker, join(uri, marker))
-        return uri
+        return _publish_s3(local_dir, uri, marker)
     target = Path(uri)
     if target.resolve() == local_dir.resolve():
         return str(target)
@@ -391,6 +488,31 @@ def publish_dir(local_dir: str | Path, uri: str, marker: str) -> str:
     else:
         os.replace(staging, target)
     return str(target)
+
+
+def _publish_s3(local_dir: Path, uri: str, marker: str) -> str:
+    """The S3 half of :func:`publish_dir`: marker removed first, files, marker last; clean-up on failure."""
+    store = store_for(uri)
+    overwrite = store.exists(join(uri, marker))
+    if overwrite:
+        store.delete(join(uri, marker))
+    written: list[str] = []
+    try:
+        for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
+            rel = path.relative_to(local_dir).as_posix()
+            if rel != marker:
+                store.upload_file(path, join(uri, rel))
+                written.append(join(uri, rel))
+        store.upload_file(local_dir / marker, join(uri, marker))
+    except StorageError as exc:
+        if not overwrite:
+            with contextlib.suppress(StorageError):
+                store.delete_many(written)
+        raise StorageError(
+            f"publishing {uri} failed, so it has no {marker} and reads as incomplete"
+            f"{'' if overwrite else ' (the files uploaded so far were removed)'}: {exc}"
+        ) from exc
+    return uri
 
 
 def require_marker(uri: str, marker: str, what: str) -> str:

@@ -72,9 +72,18 @@ def ingest_command(
     positive_class: str | None = typer.Option(
         None, "--positive-class", help="The class whose precision is gated (default: glasses)."
     ),
+    allow_outside_source: bool = typer.Option(
+        False,
+        "--allow-outside-source",
+        help="Let a labels CSV or ImageFolder name images outside the source root or bucket "
+        "(absolute paths, '..', symlinks, other buckets). Off: such a source is refused.",
+    ),
+    allow_bucket: list[str] = typer.Option(
+        [], "--allow-bucket", help="Another bucket a labels CSV may read images from (repeatable)."
+    ),
 ) -> None:
     """Ingest images into a versioned dataset: hash, decode check, dedupe, group-aware splits, golden set."""
-    from visionops.data.ingest import REPORT, ingest
+    from visionops.data.ingest import REPORT, Confinement, ingest
 
     ds = ingest(
         source,
@@ -86,6 +95,7 @@ def ingest_command(
         seed=seed,
         workers=workers,
         positive_class=positive_class,
+        confinement=Confinement(allow_outside_source, tuple(allow_bucket)),
     )
     info = ds.meta.get("ingest", {})
     typer.echo(f"dataset {ds.version} written to {ds.uri}")

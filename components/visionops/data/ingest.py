@@ -6,6 +6,13 @@ content-addressed to ``<output>/images/<sha[:2]>/<sha>.<ext>``, so a dataset ver
 Exact duplicates (same bytes) are kept once; the same bytes with two labels is a conflict and both are
 excluded. Splits are stratified by label with a fixed seed and group-aware (one person never in two splits).
 
+Confinement: every image a labels CSV or an ImageFolder names must resolve under the source's root (``..``,
+absolute paths and symlinks resolved) or, on S3, lie in the source's bucket; anything else refuses the
+ingest with the offending path named, unless the caller opts in (``Confinement(allow_outside_source=True)``
+or ``allowed_buckets``). Labels must match :data:`LABEL_PATTERN`. Every read is bounded (stat / HEAD first,
+regular files only), and the first storage failure that means "the endpoint is down or stalled" stops the
+whole ingest, removing the objects it had already written.
+
 Golden set: with ``golden=URI`` (an earlier dataset, or its manifest.csv), every test image of it stays in
 test with its label, and new images only go to train/val (unless ``extend_golden``), so the golden version
 stays the same across re-ingests and every metric stays comparable.
@@ -18,6 +25,7 @@ import io
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from collections import Counter, defaultdict
@@ -28,7 +36,7 @@ from typing import Any
 
 from visionops import storage
 from visionops.data.manifest import CORE_COLUMNS, INFO_COLUMNS, SPLITS, Dataset, load_dataset, write_dataset
-from visionops.errors import ConfigError, DataError, ImageError, StorageError
+from visionops.errors import ConfigError, DataError, ImageError, StorageError, StorageUnreachable
 from visionops.images import DEFAULT_LIMITS, ImageLimits, decode_image
 from visionops.policy import NEGATIVE_CLASS, POSITIVE_CLASS
 
@@ -38,6 +46,26 @@ LABELS_CSV = "labels.csv"
 REPORT = "ingest_report.json"
 _EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp"}
 _RESERVED = (*CORE_COLUMNS, *INFO_COLUMNS)
+#: What a class name may look like: letters, digits, ``_``, then also space, ``.``, ``-``; at most 64 characters.
+#: It becomes a folder name, a CSV cell, a metric label and report text, so nothing that means markup, a path
+#: or a spreadsheet formula.
+LABEL_PATTERN = re.compile(r"\w[\w .-]{0,63}")
+#: The largest labels CSV we read (a million rows fit easily).
+MAX_LABELS_CSV_BYTES = 256 * 1024 * 1024
+#: Side the decode check draws a JPEG at (draft mode): enough to find a truncated file, never 36 megapixels.
+_CHECK_SIDE = 256
+
+
+@dataclass(frozen=True)
+class Confinement:
+    """Where a source may point: under its own root (or bucket) only, unless the user opts in."""
+
+    allow_outside_source: bool = False
+    allowed_buckets: tuple[str, ...] = ()
+
+
+#: For CSVs the library writes itself from earlier, already confined artifacts (labeling merge).
+OPEN = Confinement(allow_outside_source=True)
 
 
 @dataclass
@@ -77,9 +105,11 @@ def read_labels_csv(uri: str) -> tuple[list[SourceItem], list[str]]:
     import pandas as pd
 
     try:
-        frame = pd.read_csv(io.BytesIO(storage.read_bytes(uri)), dtype=str, keep_default_na=False)
-    except StorageError:
-        raise
+        raw = storage.read_limited(uri, MAX_LABELS_CSV_BYTES)
+    except StorageError as exc:
+        raise DataError(f"cannot read labels CSV: {exc}") from exc
+    try:
+        frame = pd.read_csv(io.BytesIO(raw), dtype=str, keep_default_na=False)
     except Exception as exc:
         raise DataError(f"cannot parse labels CSV {uri}: {exc}") from exc
     frame.columns = [str(c).strip() for c in frame.columns]
@@ -114,7 +144,54 @@ def read_labels_csv(uri: str) -> tuple[list[SourceItem], list[str]]:
     return items, metadata
 
 
-def discover(source: str) -> tuple[list[SourceItem], list[str], str]:
+def _outside(uri: str, root: str, confinement: Confinement) -> str | None:
+    """Why ``uri`` is outside the source rooted at ``root`` (None when it is inside or allowed)."""
+    if confinement.allow_outside_source:
+        return None
+    if storage.is_remote(uri) or storage.is_remote(root):
+        if not (storage.is_remote(uri) and storage.is_remote(root)):
+            return (
+                "a local path in an s3:// source"
+                if storage.is_remote(root)
+                else "an s3:// URI in a local source"
+            )
+        bucket, key = storage.split_s3(uri)
+        if ".." in key.split("/"):
+            return "a '..' segment"
+        if bucket != storage.split_s3(root)[0] and bucket not in confinement.allowed_buckets:
+            return f"another bucket ({bucket!r}; allow it with --allow-bucket {bucket})"
+        return None
+    real, real_root = os.path.realpath(uri), os.path.realpath(root)
+    if os.path.commonpath([real, real_root]) != real_root:
+        return "outside the source root" if real == os.path.abspath(uri) else f"it resolves to {real}"
+    return None
+
+
+def confine(uris: list[str], root: str, confinement: Confinement) -> None:
+    """Refuse the source when any URI points outside ``root`` (naming up to five offending paths)."""
+    bad = [(uri, why) for uri in uris if (why := _outside(uri, root, confinement))]
+    if bad:
+        examples = "; ".join(f"{uri} ({why})" for uri, why in bad[:5])
+        raise DataError(
+            f"{len(bad)} path(s) in source {root} point outside it: {examples}. Ingestion reads only under "
+            "its source root or bucket; pass --allow-outside-source (or --allow-bucket NAME) to read them anyway"
+        )
+
+
+def check_labels(items: list[SourceItem]) -> None:
+    """Refuse a label that is not a plain class name (markup, formulas, paths), naming it and the pattern."""
+    for item in items:
+        if item.label and not LABEL_PATTERN.fullmatch(item.label):
+            raise DataError(
+                f"label {item.label!r} of {item.uri} is not a valid class name: it must match "
+                f"{LABEL_PATTERN.pattern!r} (letters, digits, '_', then also ' ', '.', '-'; at most 64 "
+                "characters). Rename the class"
+            )
+
+
+def discover(
+    source: str, confinement: Confinement = Confinement()
+) -> tuple[list[SourceItem], list[str], str]:
     """List the images of ``source``: ``(items, metadata_columns, kind)``; kind is ``csv`` or ``imagefolder``.
 
     A directory/prefix with a ``labels.csv`` at its root is read through that CSV (it carries groups and
@@ -125,6 +202,7 @@ def discover(source: str) -> tuple[list[SourceItem], list[str], str]:
         raise DataError(f"source {source} does not exist: give an ImageFolder directory or a labels CSV")
     if source.endswith(".csv"):
         items, metadata = read_labels_csv(source)
+        confine([i.uri for i in items], _parent(source), confinement)
         return items, metadata, "csv"
     if not storage.is_remote(source) and Path(source).is_file():
         raise DataError(
@@ -134,6 +212,7 @@ def discover(source: str) -> tuple[list[SourceItem], list[str], str]:
     if storage.exists(labels_csv):
         log.info("reading labels from %s", labels_csv)
         items, metadata = read_labels_csv(labels_csv)
+        confine([i.uri for i in items], _parent(labels_csv), confinement)
         return items, metadata, "csv"
     items = []
     root = source.rstrip("/") if storage.is_remote(source) else str(Path(source).resolve())
@@ -142,6 +221,7 @@ def discover(source: str) -> tuple[list[SourceItem], list[str], str]:
         if len(parts) < 2 or any(p.startswith(".") for p in parts):
             continue  # files beside the class folders (README, manifest...) and hidden files are not images
         items.append(SourceItem(uri=uri, label=parts[0]))
+    confine([i.uri for i in items], root, confinement)  # a symlink in the folder may point anywhere
     if not items:
         raise DataError(
             f"no images found under {source}: expected one folder per class "
@@ -187,7 +267,9 @@ def _process(item: SourceItem, staging: Path, limits: ImageLimits) -> Processed:
     if not item.label:
         return Processed(item, error="no label (empty 'label' cell)")
     try:
-        data = storage.read_bytes(item.uri)
+        data = storage.read_limited(item.uri, limits.max_bytes)
+    except StorageUnreachable:
+        raise  # the endpoint is down or stalled: the whole ingest stops (see _run_parallel)
     except StorageError as exc:
         return Processed(item, error=f"cannot read: {exc}")
     sha = hashlib.sha256(data).hexdigest()
@@ -196,10 +278,11 @@ def _process(item: SourceItem, staging: Path, limits: ImageLimits) -> Processed:
             item, sha, error=f"bytes changed: sha256 {sha[:12]} != manifest {item.expected_sha[:12]}"
         )
     try:
-        img = decode_image(data, limits)
+        img = decode_image(data, limits, target_side=_CHECK_SIDE)
     except ImageError as exc:
         return Processed(item, sha, size=len(data), error=str(exc))
     fmt = img.info.get("source_format", "")
+    width, height = img.info["source_size"]
     with Image.open(io.BytesIO(data)) as header:
         mode = header.mode
     rel = f"images/{sha[:2]}/{sha}.{_EXTENSIONS.get(fmt, 'img')}"
@@ -209,7 +292,7 @@ def _process(item: SourceItem, staging: Path, limits: ImageLimits) -> Processed:
         tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{id(item)}.tmp")
         tmp.write_bytes(data)
         os.replace(tmp, dest)
-    return Processed(item, sha, img.width, img.height, mode, fmt, len(data), rel)
+    return Processed(item, sha, width, height, mode, fmt, len(data), rel)
 
 
 # -- duplicates, conflicts, splits --------------------------------------------------------------------------
@@ -324,7 +407,11 @@ def _check_fractions(val_fraction: float, test_fraction: float) -> None:
 def _run_parallel(
     items: list[SourceItem], staging: Path, limits: ImageLimits, workers: int, progress: bool
 ) -> list[Processed]:
-    """Process every item in threads (I/O and decoding release the GIL); results in completion order."""
+    """Process every item in threads (I/O and decoding release the GIL); results in completion order.
+
+    The first :class:`StorageUnreachable` cancels the items not started yet and stops the ingest (the
+    running ones end within the storage deadline): the endpoint is down, each further read would wait too.
+    """
     from tqdm import tqdm
 
     results: list[Processed] = []
@@ -333,25 +420,62 @@ def _run_parallel(
         tqdm(total=len(items), desc="ingest", unit="img", disable=not progress, mininterval=1.0) as bar,
     ):
         futures = [pool.submit(_process, item, staging, limits) for item in items]
-        for future in as_completed(futures):
-            results.append(future.result())
-            bar.update()
+        try:
+            for future in as_completed(futures):
+                results.append(future.result())
+                bar.update()
+        except StorageUnreachable as exc:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise StorageUnreachable(
+                f"ingest stopped after {len(results)} of {len(items)} images, nothing was published: {exc}"
+            ) from exc
     return results
 
 
-def _upload(staging: Path, rels: list[str], output: str, workers: int, progress: bool) -> None:
-    """Copy staged images to an s3:// output in parallel (content-addressed keys never change)."""
+def _upload(staging: Path, rels: list[str], output: str, workers: int, progress: bool) -> list[str]:
+    """Copy staged images to an s3:// output in parallel; returns the URIs this call wrote.
+
+    Content-addressed keys never change, so images already there are skipped (one listing). On the first
+    failure the remaining uploads are cancelled and the objects this call wrote are removed (no orphans).
+    """
     from tqdm import tqdm
 
     store = storage.store_for(output)
+    present = set(storage.list_uris(storage.join(output, "images")))
+    todo = [storage.join(output, rel) for rel in rels if storage.join(output, rel) not in present]
+    written: list[str] = []
     with (
         ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
-        tqdm(total=len(rels), desc="upload", unit="img", disable=not progress, mininterval=1.0) as bar,
+        tqdm(total=len(todo), desc="upload", unit="img", disable=not progress, mininterval=1.0) as bar,
     ):
-        futures = [pool.submit(store.upload_file, staging / rel, storage.join(output, rel)) for rel in rels]
-        for future in as_completed(futures):
-            future.result()
-            bar.update()
+        futures = {
+            pool.submit(store.upload_file, staging / storage.relative(uri, output), uri): uri for uri in todo
+        }
+        try:
+            for future in as_completed(futures):
+                future.result()
+                written.append(futures[future])
+                bar.update()
+        except StorageError as exc:
+            pool.shutdown(wait=True, cancel_futures=True)
+            # every upload that started, failed ones too: the server may have stored what the client lost
+            written = [uri for f, uri in futures.items() if not f.cancelled()]
+            _remove_written(written)
+            raise StorageError(f"ingest upload to {output} failed, nothing was published: {exc}") from exc
+    return written
+
+
+def _remove_written(uris: list[str]) -> None:
+    """Best-effort removal of the objects an interrupted ingest wrote; what cannot be removed is logged."""
+    try:
+        storage.delete_many(uris)
+    except StorageError as exc:
+        log.error(
+            "ingest: %d object(s) written before the failure could not be removed: %s (%s)",
+            len(uris),
+            ", ".join(uris[:20]),
+            exc,
+        )
 
 
 def _default_positive(classes: list[str]) -> str | None:
@@ -385,9 +509,10 @@ class Triage:
     conflicts: list[dict]
 
 
-def _find_items(source: str, golden: str | None) -> Found:
-    """List the source's images (at least two classes) and, with ``golden``, the golden items."""
-    items, metadata_cols, kind = discover(source)
+def _find_items(source: str, golden: str | None, confinement: Confinement = Confinement()) -> Found:
+    """List the source's images (confined, valid labels, at least two classes) and the golden items."""
+    items, metadata_cols, kind = discover(source, confinement)
+    check_labels(items)
     found_classes = sorted({i.label for i in items if i.label})
     if len(found_classes) < 2:
         raise DataError(
@@ -561,11 +686,15 @@ def _publish(
     q_frame = pd.DataFrame(quarantine, columns=["path", "label", "reason"])
     rels = sorted({p.rel for p, _ in placed})
     extra = {REPORT: staging / REPORT}
-    if storage.is_remote(output):
-        _upload(staging, rels, output, workers, progress)
-    else:
+    if not storage.is_remote(output):
         extra.update({rel: staging / rel for rel in rels})
-    return write_dataset(frame, meta, _output_root(output), quarantine=q_frame, extra_files=extra)
+        return write_dataset(frame, meta, _output_root(output), quarantine=q_frame, extra_files=extra)
+    written = _upload(staging, rels, output, workers, progress)
+    try:
+        return write_dataset(frame, meta, _output_root(output), quarantine=q_frame, extra_files=extra)
+    except StorageError:
+        _remove_written(written)  # the images of a version that was never published
+        raise
 
 
 def ingest(
@@ -581,6 +710,7 @@ def ingest(
     limits: ImageLimits = DEFAULT_LIMITS,
     positive_class: str | None = None,
     progress: bool = True,
+    confinement: Confinement = Confinement(),
 ) -> Dataset:
     """Ingest ``source`` into a new dataset version at ``output`` (see the module docstring). Returns it.
 
@@ -590,10 +720,11 @@ def ingest(
 
     The steps: find the items, process them (hash, decode check, stage), sort them out (quarantine,
     duplicates, golden people), place them in splits, build the manifest and report, publish.
+    ``confinement`` says whether the source may name images outside its root or bucket (default: never).
     """
     _check_fractions(val_fraction, test_fraction)
     started = time.monotonic()
-    found = _find_items(source, golden)
+    found = _find_items(source, golden, confinement)
     with tempfile.TemporaryDirectory(prefix="visionops-ingest-") as tmp:
         staging = Path(tmp)
         results = _run_parallel(found.gold + found.items, staging, limits, workers, progress)

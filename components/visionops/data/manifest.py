@@ -10,6 +10,10 @@ A dataset is a directory (local or ``s3://``)::
 ``width``, ``height``, ``split`` (train/val/test), ``group`` (may be empty), then metadata columns.
 The ``test`` split is the golden set; ``dataset.json`` names its version (``golden_version``) and the
 dataset's content version (``version``); every metric later names the golden version it was computed on.
+
+A version cannot lie: ``dataset.json`` also records the sha256 of ``manifest.csv``, and :func:`load_dataset`
+recomputes both the file hash and the content version from the manifest it read, refusing a mismatch (e.g. an
+overwrite interrupted before the marker, by a writer that did not remove it first).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 
 from visionops import storage
 from visionops.errors import DataError
+from visionops.reports import neutralise_frame, restore_frame
 
 MANIFEST = "manifest.csv"
 QUARANTINE = "quarantine.csv"
@@ -75,15 +80,15 @@ class Dataset:
         return self.frame[self.frame["split"] == name].reset_index(drop=True)
 
 
-def read_manifest_frame(uri: str):
-    """Read a manifest CSV (the dataset directory or the CSV itself) into a DataFrame."""
+def read_manifest_frame(uri: str, data: bytes | None = None):
+    """Read a manifest CSV (the dataset directory or the CSV itself; ``data``: its bytes, when already read)
+    into a DataFrame."""
     import pandas as pd
 
     csv_uri = uri if str(uri).endswith(".csv") else storage.join(uri, MANIFEST)
     try:
-        frame = pd.read_csv(
-            io.BytesIO(storage.read_bytes(csv_uri)), dtype={"group": str}, keep_default_na=False
-        )
+        raw = storage.read_bytes(csv_uri) if data is None else data
+        frame = restore_frame(pd.read_csv(io.BytesIO(raw), dtype={"group": str}, keep_default_na=False))
     except DataError:
         raise
     except Exception as exc:
@@ -97,13 +102,44 @@ def read_manifest_frame(uri: str):
 
 
 def load_dataset(uri: str) -> Dataset:
-    """Load a complete dataset version (refuses one whose dataset.json is missing)."""
+    """Load a complete dataset version: refuses one whose dataset.json is missing, and one whose
+    manifest.csv is not the content the marker's version names."""
     storage.require_marker(uri, MARKER, "dataset")
-    meta = json.loads(storage.read_text(storage.join(uri, MARKER)))
-    frame = read_manifest_frame(uri)
+    try:
+        meta = json.loads(storage.read_text(storage.join(uri, MARKER)))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"dataset at {uri}: {MARKER} is not valid JSON ({exc})") from exc
+    raw = storage.read_bytes(storage.join(uri, MANIFEST))
+    frame = read_manifest_frame(uri, data=raw)
     if frame.empty:
         raise DataError(f"dataset at {uri} has no images")
+    verify_content(uri, meta, raw)
     return Dataset(uri=str(uri), frame=frame, meta=meta)
+
+
+def verify_content(uri: str, meta: dict[str, Any], raw: bytes) -> None:
+    """Refuse a manifest that is not the one ``dataset.json`` names (its sha256 and its content version)."""
+    recorded = meta.get("manifest_sha256")
+    actual = hashlib.sha256(raw).hexdigest()
+    if recorded and recorded != actual:
+        raise DataError(
+            f"dataset at {uri}: {MANIFEST} has sha256 {actual[:12]} but {MARKER} (version "
+            f"{meta.get('version')}) records {recorded[:12]}: the manifest was replaced after the marker was "
+            "written (an interrupted overwrite?). Re-publish the dataset"
+        )
+    import pandas as pd
+
+    # as text, as write_dataset saw them (a label "007" must not come back as the number 7)
+    columns = pd.read_csv(
+        io.BytesIO(raw), usecols=["sha256", "label", "split"], dtype=str, keep_default_na=False
+    )
+    version = content_version(columns, "ds")
+    if meta.get("version") and version != meta["version"]:
+        raise DataError(
+            f"dataset at {uri}: {MARKER} names version {meta['version']} but {MANIFEST} holds {version}: "
+            "the marker and the manifest belong to different versions (an interrupted overwrite?). "
+            "Re-publish the dataset"
+        )
 
 
 def write_dataset(
@@ -128,9 +164,11 @@ def write_dataset(
     }
     with tempfile.TemporaryDirectory(prefix="visionops-dataset-") as tmp:
         root = Path(tmp)
-        frame.to_csv(root / MANIFEST, index=False)
+        # spreadsheets run cells that start with = + - @: neutralised, and restored by read_manifest_frame
+        neutralise_frame(frame).to_csv(root / MANIFEST, index=False)
+        meta["manifest_sha256"] = hashlib.sha256((root / MANIFEST).read_bytes()).hexdigest()
         q = quarantine if quarantine is not None else pd.DataFrame(columns=["path", "reason"])
-        q.to_csv(root / QUARANTINE, index=False)
+        neutralise_frame(q).to_csv(root / QUARANTINE, index=False)
         for name, src in (extra_files or {}).items():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, root / name)

@@ -670,7 +670,7 @@ def render_html(report: ValidationReport, brightness: dict[str, list]) -> str:
     st = report.stats
     verdict = '<p class="pass">PASSED</p>' if report.passed else '<p class="fail">FAILED</p>'
     summary = verdict + (
-        f'<div class="card">{st["images"]} images, classes {", ".join(st["classes"])}, imbalance '
+        f'<div class="card">{st["images"]} images, classes {reports.escape(", ".join(map(str, st["classes"])))}, imbalance '
         f"{st['imbalance_ratio']:g}:1<br>dataset <code>{reports.escape(report.dataset_version)}</code>, golden set "
         f"<code>{reports.escape(report.golden_version)}</code></div>"
     )
@@ -713,7 +713,7 @@ def render_html(report: ValidationReport, brightness: dict[str, list]) -> str:
             ),
         ),
     ]
-    return reports.html_page("Dataset validation", sections, subtitle=report.dataset_uri)
+    return reports.html_page("Dataset validation", sections, subtitle=str(report.dataset_uri))
 
 
 def write_report(report: ValidationReport, brightness: dict[str, list], output: str) -> dict[str, str]:

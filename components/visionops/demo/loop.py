@@ -276,7 +276,9 @@ def prepare_batch(
         f"reviews imported ({result.reviewed} labels; the champion's pre-labels were right for {shown})",
         result.batch_uri,
     )
-    combined = write_combined_labels(dataset_uri, result.batch_uri, str(out / "data" / "retrain-labels.csv"))
+    # at the loop's root: every image it names (datasets, reviewed traffic) lies below it, so ingestion's
+    # confinement to the CSV's directory holds without --allow-outside-source
+    combined = write_combined_labels(dataset_uri, result.batch_uri, str(out / "retrain-labels.csv"))
     tl.add("data", "next dataset's labels = champion's dataset + reviewed batch (golden set kept)", combined)
     return combined
 

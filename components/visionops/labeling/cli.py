@@ -50,8 +50,14 @@ def select_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the random share."),
     days: int | None = typer.Option(None, "--days", help="Only images captured in the last N days (UTC)."),
     device: str = typer.Option("cpu", "--device", help="Torch device for scoring (cpu, cuda, cuda:1...)."),
+    allow_outside_source: bool = typer.Option(
+        False,
+        "--allow-outside-source",
+        help="Let a source CSV (or symlinks in a folder) name images outside the source; off: refused.",
+    ),
 ) -> None:
     """Choose images for review: the most uncertain (closest to the threshold) plus a random share."""
+    from visionops.data.ingest import Confinement
     from visionops.labeling.select import select
 
     selection = select(
@@ -64,6 +70,7 @@ def select_cmd(
         seed=seed,
         days=days,
         device=device,
+        confinement=Confinement(allow_outside_source=allow_outside_source),
     )
     counts = selection.meta["counts"]
     typer.echo(
@@ -174,7 +181,7 @@ def merge_cmd(
 
     if csv_only:
         typer.echo(
-            f"combined labels -> {write_combined_labels(previous, batch, output)} (ingest with --golden {previous})"
+            f"combined labels -> {write_combined_labels(previous, batch, output)} (ingest with --golden {previous}; add --allow-outside-source where its images are not under its folder)"
         )
         return
     dataset = merge_batch(previous, batch, output, seed=seed)

@@ -25,6 +25,7 @@ from urllib.parse import quote, urlparse
 from visionops import storage
 from visionops.errors import ConfigError, StorageError
 from visionops.labeling.artifact import csv_bytes, load_selection
+from visionops.reports import neutralise_frame
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ def export(
         frame = selection.frame.copy()
         frame["image"] = [linker(u) for u in frame["image"]]
         frame["label"] = ""
-        data = csv_bytes(frame[list(CSV_COLUMNS)])
+        data = csv_bytes(neutralise_frame(frame[list(CSV_COLUMNS)]))  # opened in spreadsheets: no formulas
     storage.write_bytes(str(output), data)
     log.info("export: %d %s tasks -> %s", len(selection.frame), format, output)
     return str(output)

@@ -187,7 +187,7 @@ def parse_label_studio(data: Any, where: str) -> tuple[list[Answer], int]:
 
 def parse_csv(uri: str) -> tuple[list[Answer], int]:
     """Answers from the review CSV (rows with an empty ``label`` are unreviewed)."""
-    frame = read_csv(uri)
+    frame = reports.restore_frame(read_csv(uri))  # the export neutralised formula-like cells
     missing = [c for c in ("request_id", "label") if c not in frame.columns]
     if missing:
         raise DataError(f"review CSV {uri} lacks columns {missing}; it needs request_id and label")
@@ -298,10 +298,10 @@ def _confusion_rows(stats: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _thumbnail(uri: str) -> str | None:
-    from visionops.images import decode_image, encode_image
+    from visionops.images import DEFAULT_LIMITS, decode_image, encode_image
 
     try:
-        img = decode_image(storage.read_bytes(uri))
+        img = decode_image(storage.read_limited(uri, DEFAULT_LIMITS.max_bytes), target_side=112)
     except Exception:  # a report never fails because one thumbnail cannot be made
         return None
     img.thumbnail((112, 112))

@@ -94,14 +94,15 @@ def merge_batch(previous_dataset_uri: str, batch_csv_uri: str, output_uri: str, 
     The golden set comes from ``previous_dataset_uri`` untouched (same ``golden_version``). Returns the new
     :class:`visionops.data.manifest.Dataset`.
     """
-    from visionops.data.ingest import ingest
+    from visionops.data.ingest import OPEN, ingest
 
     combined, stats = combined_labels(previous_dataset_uri, batch_csv_uri)
     log.info("merge: %s rows in total (%s)", len(combined), ", ".join(f"{k}={v}" for k, v in stats.items()))
     with tempfile.TemporaryDirectory(prefix="visionops-merge-") as tmp:
         labels = Path(tmp) / "labels.csv"
         labels.write_bytes(csv_bytes(combined))
-        dataset = ingest(str(labels), output_uri, golden=previous_dataset_uri, seed=seed)
+        # the CSV is ours (rows of an earlier dataset + the reviewed batch) and lives in a temporary directory
+        dataset = ingest(str(labels), output_uri, golden=previous_dataset_uri, seed=seed, confinement=OPEN)
     if dataset.golden_version != load_golden_version(previous_dataset_uri):
         raise DataError(
             f"merge changed the golden set ({load_golden_version(previous_dataset_uri)} -> "

@@ -29,6 +29,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from visionops import storage
+from visionops.data.ingest import Confinement, confine
 from visionops.errors import ConfigError, DataError, ImageError, StorageError
 from visionops.labeling.artifact import (
     IMAGE_SUFFIXES,
@@ -80,9 +81,22 @@ def _read_record(uri: str) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def discover(source: str, *, workers: int = 8) -> list[Candidate]:
+def _csv_root(csv_uri: str) -> str:
+    """The folder (or prefix) a CSV's paths must stay under."""
+    return csv_uri.rsplit("/", 1)[0] if storage.is_remote(csv_uri) else os.path.dirname(csv_uri)
+
+
+def _read_image(uri: str) -> bytes:
+    """An image's bytes, refused from its size and type before reading (see storage.read_limited)."""
+    from visionops.images import DEFAULT_LIMITS
+
+    return storage.read_limited(uri, DEFAULT_LIMITS.max_bytes)
+
+
+def discover(source: str, *, workers: int = 8, confinement: Confinement = Confinement()) -> list[Candidate]:
     """The images of ``source``: a folder/prefix (captures with their JSON records, or plain images) or a
-    CSV with a ``path`` column (paths relative to the CSV or absolute URIs; optional ``request_id``)."""
+    CSV with a ``path`` column (paths relative to the CSV or absolute URIs; optional ``request_id``).
+    Every image must lie under the source (or its bucket) unless ``confinement`` allows more."""
     source = str(source)
     if not storage.is_remote(source):
         source = os.path.abspath(source)  # image URIs travel (selection, tasks, batch CSV): never relative
@@ -95,11 +109,13 @@ def discover(source: str, *, workers: int = 8) -> list[Candidate]:
         for row in frame.to_dict("records"):
             image = resolve_path(row[column], source)
             out.append(Candidate(image=image, request_id=row.get("request_id") or _stem_key(image)[1]))
+        confine([c.image for c in out], _csv_root(source), confinement)
         return out
     try:
         uris = list(storage.list_uris(source))
     except StorageError as exc:
         raise DataError(f"cannot list source {source}: {exc}") from exc
+    confine(uris, source, confinement)  # a symlink in the folder may point anywhere
     records = {_stem_key(u)[:2]: u for u in uris if _stem_key(u)[2] == ".json"}
     images = sorted(u for u in uris if _stem_key(u)[2] in IMAGE_SUFFIXES)
     if not images:
@@ -125,16 +141,16 @@ def discover(source: str, *, workers: int = 8) -> list[Candidate]:
 
 
 def _hash_and_check(candidate: Candidate) -> Candidate:
-    from visionops.images import decode_image
+    from visionops.images import DEFAULT_LIMITS, decode_image
 
     try:
-        data = storage.read_bytes(candidate.image)
+        data = storage.read_limited(candidate.image, DEFAULT_LIMITS.max_bytes)
     except StorageError as exc:
         candidate.error = f"unreadable: {exc}"
         return candidate
     candidate.sha256 = sha256_hex(data)
     try:
-        decode_image(data)
+        decode_image(data, target_side=256)  # a usability check: a pixel bomb is drawn small
     except ImageError as exc:
         candidate.error = f"not a usable image: {exc}"
     return candidate
@@ -167,7 +183,7 @@ def labeled_hashes(uris: list[str] | tuple[str, ...] | None, *, workers: int = 8
             hashes.update(h for h in frame["sha256"] if h)
         elif "path" in frame.columns:
             paths = [resolve_path(p, csv_uri) for p in frame["path"] if p]
-            hashes.update(parallel_map(lambda p: sha256_hex(storage.read_bytes(p)), paths, workers=workers))
+            hashes.update(parallel_map(lambda p: sha256_hex(_read_image(p)), paths, workers=workers))
         else:
             raise DataError(
                 f"--labeled {csv_uri}: needs a 'sha256' or 'path' column, has {list(frame.columns)}"
@@ -319,6 +335,7 @@ def select(
     batch_size: int = 64,
     device: str = "cpu",
     workers: int = 8,
+    confinement: Confinement = Confinement(),
 ) -> Selection:
     """Choose up to ``budget`` images of ``source`` for review and write the selection to ``output``.
 
@@ -331,7 +348,7 @@ def select(
         raise ConfigError(f"--budget must be at least 1, got {budget}")
     if not 0.0 <= random_share <= 1.0:
         raise ConfigError(f"--random-share must be within [0, 1], got {random_share}")
-    candidates = discover(source, workers=workers)
+    candidates = discover(source, workers=workers, confinement=confinement)
     if days:
         since = datetime.now(UTC).date() - timedelta(days=days - 1)
         candidates = [c for c in candidates if (capture_day(c) or date.min) >= since]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from visionops.errors import ImageError
-from visionops.images import ImageLimits, decode_image
+from visionops.images import ImageLimits, PixelBudget, decode_image
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +94,14 @@ class Predictor:
         return self.bundle.threshold
 
     # -- the steps --------------------------------------------------------------------------------------------
-    def decode(self, data: bytes):
-        """Validated RGB PIL image, or :class:`ImageError` (see :func:`image_error_status` for the status)."""
-        return decode_image(data, self.limits)
+    def decode(self, data: bytes, budget: PixelBudget | None = None):
+        """Validated RGB PIL image, or :class:`ImageError` (see :func:`image_error_status` for the status).
+
+        A big JPEG is decoded in draft mode down to what the bundle's transform needs (its resize size);
+        ``budget`` (``self.limits.request_budget()``, one per request) bounds a whole batch's pixels.
+        """
+        target = self.bundle.preprocess.resize_size
+        return decode_image(data, self.limits, target_side=target, budget=budget)
 
     def to_tensor(self, image) -> Any:
         """One image -> the model's input tensor (C, H, W), with the bundle's eval transform."""

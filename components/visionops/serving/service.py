@@ -308,10 +308,10 @@ class VisionOpsClassifier:
         image (None when monitoring and logging are off).
         """
         watch = self.monitor is not None
-        prepared = []
+        prepared, budget = [], self.predictor.limits.request_budget()  # decoded pixels per request
         for i, upload in enumerate(uploads):
             try:
-                image = self.predictor.decode(upload.data)
+                image = self.predictor.decode(upload.data, budget)
             except ImageError as exc:
                 if len(uploads) > 1:  # same type (so the same status), the message says which image
                     raise type(exc)(f"image {i} ({upload.filename}): {exc}") from exc
