@@ -5,6 +5,10 @@ starts when the first condition is raised while none is active and ends when eve
 The first raise of an episode starts one KFP run (unless inside the cooldown after the previous run, or in
 dry-run mode); later raises in the same episode start nothing. ``alert`` (the ``visionops_retrain_alert``
 gauge) is 1 while any condition is active, whatever the outcome, so Alertmanager sees it either way.
+
+The last run time and the active conditions live in a :class:`~visionops.drift.trigger_state.TriggerState`
+(persisted in object storage when it has a URI, so a restart does not reset the cooldown; conditions expire and
+alert names are bounded in number).
 """
 
 from __future__ import annotations
@@ -17,11 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from visionops.drift.trigger_state import MAX_SOURCE_CHARS, TriggerState
 from visionops.errors import ConfigError, VisionOpsError
 
 log = logging.getLogger(__name__)
 
-OUTCOMES = ("created", "dry_run", "cooldown", "suppressed", "failed", "not_configured")
+OUTCOMES = ("created", "dry_run", "cooldown", "suppressed", "failed", "not_configured", "overflow")
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,7 @@ class RetrainTrigger:
         on_outcome: Callable[[str], None] | None = None,
         create_run: Callable[..., str] | None = None,
         clock: Callable[[], float] = time.time,
+        state: TriggerState | None = None,
     ) -> None:
         self.settings = settings
         self.model_uri = model_uri
@@ -69,45 +75,58 @@ class RetrainTrigger:
         self._create_run = create_run
         self._clock = clock
         self._lock = threading.Lock()
-        self._active: dict[str, str] = {}  # source -> reason
-        self._last_run_at: float | None = None
+        self.state = state if state is not None else TriggerState(clock=clock)
         self.events: deque[dict] = deque(maxlen=100)
 
     @property
     def alert(self) -> int:
-        return 1 if self._active else 0
+        return 1 if self.state.active else 0
 
     @property
     def active_sources(self) -> list[str]:
-        return sorted(self._active)
+        return sorted(self.state.active)
 
     def raise_(self, source: str, reason: str) -> dict:
         """A condition holds (drift for M windows, precision below target, an alert firing)."""
         with self._lock:
-            if source in self._active:
+            now = self._clock()
+            self.state.expire(now)
+            if source in self.state.active:
+                self.state.touch(source, now)
                 return self._record(source, "suppressed", reason, why="this condition already fired")
-            episode_running = bool(self._active)
-            self._active[source] = reason
+            if not self.state.admits(source):
+                why = f"{self.state.max_alerts} alert names already active (VISIONOPS_MAX_ALERTS)"
+                return self._record(source, "overflow", reason, why=why)
+            episode_running = bool(self.state.active)
+            self.state.activate(source, reason, now)
             if episode_running:
                 return self._record(source, "suppressed", reason, why="an episode is already active")
-            now = self._clock()
-            if self._last_run_at is not None and now - self._last_run_at < self.settings.cooldown_s:
-                left = self.settings.cooldown_s - (now - self._last_run_at)
+            last_run_at = self.state.fresh_last_run()
+            if last_run_at is not None and now - last_run_at < self.settings.cooldown_s:
+                left = self.settings.cooldown_s - (now - last_run_at)
                 return self._record(source, "cooldown", reason, why=f"cooldown: {left:.0f}s left")
             return self._start_run(source, reason, now)
 
     def clear(self, source: str) -> None:
         """The condition no longer holds; the episode ends when none does."""
         with self._lock:
-            if self._active.pop(source, None) is not None:
+            if self.state.deactivate(source):
                 self.events.append({"time": self._clock(), "source": source, "outcome": "cleared"})
+
+    def expire(self) -> list[str]:
+        """Drop the conditions not raised again within the state's TTL (the sidecar's worker calls this)."""
+        with self._lock:
+            gone = self.state.expire(self._clock())
+            for source in gone:
+                self.events.append({"time": self._clock(), "source": source, "outcome": "expired"})
+        return gone
 
     def _start_run(self, source: str, reason: str, now: float) -> dict:
         s = self.settings
         params = {**warm_start_params(self.model_uri), **s.params}
         run_name = f"retrain-{self.model_version or 'model'}-{source.replace(':', '-')}-{int(now)}"
         if s.dry_run:
-            self._last_run_at = now
+            self.state.record_run(now)
             return self._record(source, "dry_run", reason, params=params, run_name=run_name)
         if not s.kfp_host:
             return self._record(source, "not_configured", reason, why="no KFP host configured", params=params)
@@ -127,10 +146,10 @@ class RetrainTrigger:
             )
         except VisionOpsError as exc:
             # Not counted as this episode's run: the next raise (next window, next alert repeat) retries.
-            self._active.pop(source, None)
+            self.state.deactivate(source)
             log.error("retraining trigger failed: %s", exc)
             return self._record(source, "failed", reason, why=str(exc))
-        self._last_run_at = now
+        self.state.record_run(now)
         return self._record(source, "created", reason, run_id=run_id, params=params, run_name=run_name)
 
     def _record(self, source: str, outcome: str, reason: str, **extra: Any) -> dict:
@@ -153,10 +172,12 @@ class RetrainTrigger:
                 raise ConfigError("each alert in the Alertmanager payload must be a JSON object")
             labels = alert.get("labels") or {}
             name = str(labels.get("alertname", "unnamed"))
+            if len(name) > MAX_SOURCE_CHARS - len("alert:"):
+                raise ConfigError(f"alertname of {len(name)} characters; at most {MAX_SOURCE_CHARS - 6}")
             status = alert.get("status") or payload.get("status")
             if status == "firing":
                 summary = (alert.get("annotations") or {}).get("summary") or name
-                results.append(self.raise_(f"alert:{name}", str(summary)))
+                results.append(self.raise_(f"alert:{name}", str(summary)[:300]))
             elif status == "resolved":
                 self.clear(f"alert:{name}")
                 results.append({"source": f"alert:{name}", "outcome": "cleared"})
