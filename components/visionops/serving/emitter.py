@@ -64,8 +64,10 @@ class MonitorEmitter:
         timeout: float = 2.0,
         retry_after: float = 1.0,
         on_drop: Callable[[str, int], None] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         self.url = url.rstrip("/")
+        self.headers = dict(headers or {})  # e.g. the reviewer token the sidecar's /feedback requires
         self.batch_rows = batch_rows
         self.flush_seconds = flush_seconds
         self.timeout = timeout
@@ -120,7 +122,7 @@ class MonitorEmitter:
         import httpx
 
         lower_thread_priority()
-        with httpx.Client(timeout=self.timeout) as client:
+        with httpx.Client(timeout=self.timeout, headers=self.headers) as client:
             while not (self._stop.is_set() and self._queue.empty()):
                 rows, feedback = self._collect()
                 if rows:
