@@ -137,6 +137,55 @@ def webhook(*names: str, status: str = "firing") -> dict:
     return {"version": "4", "status": status, "receiver": "visionops-retrain", "alerts": alerts}
 
 
+# -- the library pieces -----------------------------------------------------------------------------------------
+def test_signed_ids_verify_only_unchanged_and_under_the_same_key():
+    signer = RequestIdSigner(FEEDBACK_KEY)
+    rid = signer.sign("cam7-000123")
+    base, _, signature = rid.rpartition(".")
+    assert base == "cam7-000123" and len(signature) == 22 and signer.verify(rid)
+    flipped = signature[:5] + ("A" if signature[5] != "A" else "B") + signature[6:]
+    assert not signer.verify(f"{base}.{flipped}")
+    assert not signer.verify(f"cam7-000124.{signature}")  # the signature belongs to its id
+    assert not RequestIdSigner("another-key-0123456789abcdef").verify(rid)
+    assert not signer.verify("cam7-000123") and not signer.verify("x" * 10_000 + "." + signature)
+
+
+def test_secrets_from_files_with_clear_errors(tmp_path):
+    from visionops.errors import ConfigError
+
+    good = tmp_path / "token"
+    good.write_text(ALERT_TOKEN + "\n")
+    settings = AuthSettings.from_env(
+        {"VISIONOPS_ALERT_TOKEN_FILE": str(good), "VISIONOPS_REVIEWER_TOKEN": "x" * 20}
+    )
+    auth = ControlAuth(settings)
+    assert auth.tokens == {"alert": ALERT_TOKEN, "reviewer": "x" * 20}
+    assert ALERT_TOKEN not in repr(settings) and "x" * 20 not in repr(settings)  # secrets stay out of logs
+    with pytest.raises(ConfigError, match="does not exist"):
+        ControlAuth(AuthSettings(alert_token_file=str(tmp_path / "missing")))
+    (tmp_path / "short").write_text("abc")
+    with pytest.raises(ConfigError, match="at least 16"):
+        ControlAuth(AuthSettings(feedback_key_file=str(tmp_path / "short")))
+    from visionops.auth import AuthError
+
+    with pytest.raises(AuthError, match="VISIONOPS_REVIEWER_TOKEN_FILE") as refused:
+        ControlAuth(AuthSettings()).require("reviewer", f"Bearer {REVIEWER_TOKEN}")
+    assert refused.value.http_status == 403
+    ControlAuth(AuthSettings(insecure_control=True)).require("reviewer", None)  # the local opt-in
+
+
+def test_unreadable_trigger_state_keeps_the_cooldown(tmp_path):
+    from visionops.drift.trigger import RetrainTrigger, TriggerSettings
+    from visionops.drift.trigger_state import TriggerState
+
+    state = tmp_path / "state.json"
+    state.write_text("{not json")
+    trigger = RetrainTrigger(
+        TriggerSettings(dry_run=True, cooldown_s=600), model_uri="/m", state=TriggerState(str(state))
+    )
+    assert trigger.raise_("drift", "x")["outcome"] == "cooldown", "a corrupt state must not start a run"
+
+
 # -- authenticated control ------------------------------------------------------------------------------------
 def test_alerts_need_the_alert_token(start_sidecar, kfp):
     sidecar = start_sidecar(VISIONOPS_KFP_HOST=kfp.url, VISIONOPS_TRIGGER_COOLDOWN_S="0")

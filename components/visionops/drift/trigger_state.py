@@ -84,8 +84,8 @@ class TriggerState:
             if isinstance(source, str) and isinstance(entry, dict) and len(source) <= MAX_SOURCE_CHARS:
                 seen = _time_or_none(entry.get("seen")) or self._clock()
                 since = _time_or_none(entry.get("since")) or seen
-                self.active[source] = {"reason": str(entry.get("reason", ""))[:MAX_REASON_CHARS],
-                                       "since": since, "seen": seen}  # fmt: skip
+                reason = str(entry.get("reason", ""))[:MAX_REASON_CHARS]
+                self.active[source] = {"reason": reason, "since": since, "seen": seen}
         self._trim_alerts()
         log.info(
             "trigger state read from %s: last run %s, active %s",
