@@ -308,7 +308,9 @@ def raw_request(port: int, data: bytes, *, timeout: float = 15.0) -> tuple[float
 
 def test_sidecar_http_limits(start_sidecar):
     sidecar = start_sidecar(
-        VISIONOPS_MONITOR_SOCKET_TIMEOUT_S="2", VISIONOPS_MONITOR_MAX_BODY_BYTES="1048576"
+        VISIONOPS_MONITOR_SOCKET_TIMEOUT_S="2",
+        VISIONOPS_MONITOR_MAX_BODY_BYTES="1048576",
+        VISIONOPS_MONITOR_MAX_CONNECTIONS="8",
     )
     port = sidecar.port
     # a Content-Length larger than the body: answered 408 once the socket timeout passes, not held forever
@@ -348,7 +350,18 @@ def test_sidecar_http_limits(start_sidecar):
     assert r.status_code == 422 and r.json()["accepted"] == 1
     errors = [e["errors"][0] for e in r.json()["errors"]]
     assert "request_id of 1000000 characters" in errors[0] and "'variant' is a string of 10000" in errors[1]
+    # slow clients cannot pile up threads: with every slot held by a silent connection, the next is answered
+    # 503 at once; the silent ones are closed after the socket timeout and the sidecar answers again
+    silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(8)]
+    try:
+        time.sleep(0.3)
+        elapsed, status, body = raw_request(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status == 503 and "too many connections" in body["detail"] and elapsed < 1
+    finally:
+        for sock in silent:
+            sock.close()
     # and after all that the sidecar still answers
+    wait_until(lambda: raw_request(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")[1] == 200, 10)
     assert sidecar.client.get("/healthz").json() == {"status": "ok"}
 
 

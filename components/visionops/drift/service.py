@@ -263,6 +263,43 @@ def parse_json(raw: bytes, max_depth: int) -> Any:
     return value
 
 
+_BUSY_BODY = b'{"detail": "too many connections to the sidecar; retry later"}'
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY)
+)
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    """A threading server with at most ``max_connections`` connections (threads) at once; one more is answered
+    503 and closed at once, so slow or stuck clients cannot pile up threads without bound."""
+
+    daemon_threads = True
+    max_connections = 64
+
+    def server_activate(self) -> None:
+        super().server_activate()
+        self._slots = threading.BoundedSemaphore(self.max_connections)
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            with contextlib.suppress(OSError):
+                request.sendall(_BUSY)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 class MonitorServer:
     """The HTTP server around a :class:`Monitor`; ``start()`` runs it in a thread, ``serve_forever()`` here."""
 
@@ -282,7 +319,10 @@ class MonitorServer:
         handler = type("MonitorHandler", (_Handler,), attributes)
         self.monitor = monitor
         try:
-            self.httpd = ThreadingHTTPServer(
+            server_class = type(
+                "MonitorHTTPServer", (_BoundedServer,), {"max_connections": monitor.settings.max_connections}
+            )
+            self.httpd = server_class(
                 (host or monitor.settings.host, monitor.settings.port if port is None else port), handler
             )
         except OSError as exc:

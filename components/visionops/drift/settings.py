@@ -191,6 +191,13 @@ class MonitorSettings(Settings):
         check=lambda v: v >= 1024,
         must="must be >= 1024",
     )
+    max_connections: int = setting(
+        64,
+        "Most connections served at once (one thread each); more get 503 and are closed.",
+        env="VISIONOPS_MONITOR_MAX_CONNECTIONS",
+        check=_at_least_one,
+        must="must be >= 1",
+    )
     max_json_depth: int = setting(
         16, "Deepest JSON nesting accepted (deeper: 400).", check=_at_least_one, must="must be >= 1"
     )
