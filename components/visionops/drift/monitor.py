@@ -62,6 +62,7 @@ class Monitor:
             )
         self.policy = policy
         self.columns = monitored_columns(self.reference.columns, policy)
+        self._specs = {name: _spec(name) for name in self.columns}  # looked up once, not per row
         if not self.columns:
             raise ConfigError(f"the drift reference of {settings.model_uri} has no feature columns")
         self.window = FeatureWindow(self.columns, settings.window_size, max_age_s=settings.window_seconds)
@@ -132,7 +133,7 @@ class Monitor:
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                 problems.append(f"{name!r} must be a finite number, got {value!r}")
                 continue
-            spec = _spec(name)
+            spec = self._specs[name]
             if spec is not None and spec.low is not None and not spec.low <= value <= spec.high:
                 problems.append(f"{name!r}={value} is outside [{spec.low}, {spec.high}]")
         version = row.get("model_version")
@@ -153,14 +154,16 @@ class Monitor:
         limit = self.settings.max_string_chars
         if len(item) > 4 * limit:
             return [f"{len(item)} keys in one object; at most {4 * limit}"]
-        problems = []
-        for key, value in item.items():
-            if len(key) > limit:
-                problems.append(f"a key of {len(key)} characters; at most {limit}")
-            elif key == "request_id" and isinstance(value, str) and len(value) > MAX_REQUEST_ID_CHARS:
-                problems.append(f"request_id of {len(value)} characters; at most {MAX_REQUEST_ID_CHARS}")
-            elif isinstance(value, str) and len(value) > limit:
-                problems.append(f"{key!r} is a string of {len(value)} characters; at most {limit}")
+        # comprehensions, not a loop with branches: this runs for every ingested row
+        problems = [f"a key of {len(k)} characters; at most {limit}" for k in item if len(k) > limit]
+        problems += [
+            f"{k!r} is a string of {len(v)} characters; at most {limit}"
+            for k, v in item.items()
+            if type(v) is str and len(v) > limit and k != "request_id"
+        ]
+        rid = item.get("request_id")
+        if type(rid) is str and len(rid) > MAX_REQUEST_ID_CHARS:
+            problems.append(f"request_id of {len(rid)} characters; at most {MAX_REQUEST_ID_CHARS}")
         return problems
 
     def ingest(self, rows: list) -> tuple[int, list[dict]]:
