@@ -515,7 +515,13 @@ def test_router_takes_only_signed_feedback_from_reviewers(tmp_path):
 
 
 def test_router_ejects_a_failing_variant_and_reprobes_it(tmp_path):
-    from visionops.experiments.router import BackgroundServer, Router, RouterSettings, build_app
+    from visionops.experiments.router import (
+        BackgroundServer,
+        Router,
+        RouterSettings,
+        VariantHealth,
+        build_app,
+    )
 
     b_state = {"fail": True}
     backends = {"a": signing_backend("a", {}), "b": signing_backend("b", b_state)}
@@ -523,9 +529,12 @@ def test_router_ejects_a_failing_variant_and_reprobes_it(tmp_path):
         variants={n: b.url for n, b in backends.items()},
         weights={"a": 1, "b": 2},
         eject_after=3,
-        eject_seconds=1.0,
+        eject_seconds=30.0,
     )
-    server = BackgroundServer(build_app(Router(settings, seed=1, auth=ControlAuth(AuthSettings())))).start()
+    router = Router(settings, seed=1, auth=ControlAuth(AuthSettings()))
+    now = [1000.0]  # the cool-off runs on this clock, so a slow machine cannot end it mid-test
+    router.health = VariantHealth(settings.variants, eject_after=3, eject_seconds=30.0, clock=lambda: now[0])
+    server = BackgroundServer(build_app(router)).start()
     try:
         with httpx.Client(base_url=server.url, timeout=30) as client:
 
@@ -543,10 +552,12 @@ def test_router_ejects_a_failing_variant_and_reprobes_it(tmp_path):
             metrics = client.get("/router/metrics").text
             assert 'visionops_router_ejections_total{variant="b"} 1' in metrics
             assert 'visionops_router_variant_ejected{variant="b"} 1' in metrics
-            time.sleep(1.2)  # the cool-off: one request re-probes b, which still fails -> out again
+            now[0] += 29.0  # inside the cool-off: still no traffic to b
+            assert all(v == "a" for v, _ in route(20))
+            now[0] += 1.5  # the cool-off is over: one request re-probes b, which still fails -> out again
             assert [v for v, s in route(40) if s == 500] == ["b"]
             b_state["fail"] = False
-            time.sleep(1.2)
+            now[0] += 30.5
             later = route(90)
             share_b = sum(v == "b" for v, _ in later) / len(later)
             print(f"b recovered: share {share_b:.2f} (weight 2/3)")
