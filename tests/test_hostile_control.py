@@ -321,7 +321,7 @@ def test_sidecar_http_limits(start_sidecar):
         b'{"rows": []}',
     )
     print(f"\nwrong Content-Length: {status} after {elapsed:.2f}s (socket timeout 2s)")
-    assert status == 408 and "Content-Length" in body["detail"] and elapsed < 6
+    assert status == 408 and "Content-Length" in body["detail"] and elapsed < 8
     # deep nesting: 400 with a JSON reason (the C decoder's RecursionError and the depth limit alike)
     for depth in (100_000, 17):
         r = sidecar.client.post("/ingest", content=b"[" * depth + b"]" * depth)
@@ -331,7 +331,7 @@ def test_sidecar_http_limits(start_sidecar):
     elapsed, status, body = raw_request(
         port, b"POST /ingest HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000000\r\n\r\n"
     )
-    assert status == 413 and "limit" in body["detail"] and elapsed < 2
+    assert status == 413 and "limit" in body["detail"] and elapsed < 5
     # chunked bodies, bad lengths, unknown methods and paths: all answered as JSON
     _, status, body = raw_request(
         port, b"POST /ingest HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
@@ -357,7 +357,7 @@ def test_sidecar_http_limits(start_sidecar):
     try:
         time.sleep(0.3)
         elapsed, status, body = raw_request(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert status == 503 and "too many connections" in body["detail"] and elapsed < 1
+        assert status == 503 and "too many connections" in body["detail"] and elapsed < 3
     finally:
         for sock in silent:
             sock.close()
