@@ -128,17 +128,25 @@ def wait_until(predicate, timeout: float = 60.0, interval: float = 0.1):
     raise TimeoutError(f"condition not met within {timeout}s")
 
 
-def start_monitor(bundle_uri: str, **settings):
-    """A running sidecar (in this process, on a free port) and an httpx client for it."""
+def start_monitor(bundle_uri: str, *, auth=None, headers=None, **settings):
+    """A running sidecar (in this process, on a free port) and an httpx client for it.
+
+    ``auth`` (a :class:`visionops.auth.ControlAuth`) defaults to the local opt-out (no secrets, control open),
+    which the tests of drift and quality use; the tests of authentication pass their own secrets and
+    ``headers`` for the client.
+    """
     import httpx
+    from visionops.auth import AuthSettings, ControlAuth
     from visionops.drift.monitor import Monitor
     from visionops.drift.service import MonitorServer
     from visionops.drift.settings import MonitorSettings
 
     settings.setdefault("drift_every_seconds", 3600.0)
     config = MonitorSettings(model_uri=bundle_uri, host="127.0.0.1", port=0, **settings)
-    server = MonitorServer(Monitor(config)).start()
-    client = httpx.Client(base_url=server.url, timeout=60)
+    if auth is None:
+        auth = ControlAuth(AuthSettings(insecure_control=True))
+    server = MonitorServer(Monitor(config), auth=auth).start()
+    client = httpx.Client(base_url=server.url, timeout=60, headers=headers)
     wait_until(lambda: client.get("/readyz").status_code == 200)
     return server, client
 

@@ -9,6 +9,7 @@ from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 import pytest
+from visionops.auth import AuthSettings, ControlAuth
 from visionops.drift.trigger import RetrainTrigger, TriggerSettings
 from visionops.pipeline.client import create_run
 
@@ -197,7 +198,15 @@ def _alertmanager(status: str) -> dict:
 
 
 def test_alertmanager_webhook_same_code_path(bundle, kfp):
-    server, client = start_monitor(bundle, window_size=WINDOW, trigger_cooldown_s=0, kfp_host=kfp.url)
+    token = "alert-token-for-this-test-0123456789"
+    server, client = start_monitor(
+        bundle,
+        window_size=WINDOW,
+        trigger_cooldown_s=0,
+        kfp_host=kfp.url,
+        auth=ControlAuth(AuthSettings(alert_token=token)),
+        headers={"Authorization": f"Bearer {token}"},
+    )
     try:
         r = client.post("/alerts", json=_alertmanager("firing"))
         assert r.status_code == 200 and r.json()["results"][0]["outcome"] == "created"

@@ -136,13 +136,15 @@ def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
 @cache
 def code_settings() -> dict[str, set[str]]:
     """The VISIONOPS_* variables each role's settings class reads (from the code, not from the docs)."""
+    from visionops.auth import AuthSettings
     from visionops.drift.settings import MonitorSettings
     from visionops.serving import settings
     from visionops.settings import env_vars
 
+    control = set(env_vars(AuthSettings))  # both roles check control requests (visionops.auth)
     return {
-        SERVING: set(settings.ENV_VARS),
-        MONITOR: set(env_vars(MonitorSettings)),
+        SERVING: set(settings.ENV_VARS) | control,
+        MONITOR: set(env_vars(MonitorSettings)) | control,
     }
 
 
@@ -370,19 +372,29 @@ def test_no_plaintext_credentials(name):
                 assert not looks_like_key(value), f"{key} looks like a credential"
                 assert not re.search(r"SECRET|PASSWORD|TOKEN|ACCESS_KEY", key), key
     for dep in objects(name, "Deployment"):
+        volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
         for container in containers(dep).values():
+            secret_dirs = [
+                m["mountPath"] for m in container.get("volumeMounts", []) if "secret" in volumes[m["name"]]
+            ]
             for var in container.get("env", []):
                 value = var.get("value", "")
                 assert not looks_like_key(value), f"{var['name']} looks like a credential"
-                if re.search(r"SECRET|PASSWORD|TOKEN|ACCESS_KEY", var["name"]):
+                if var["name"].endswith(("_TOKEN_FILE", "_KEY_FILE")):  # a path into a mounted Secret
+                    assert any(value.startswith(d + "/") for d in secret_dirs), (var, secret_dirs)
+                elif re.search(r"SECRET|PASSWORD|TOKEN|ACCESS_KEY|_KEY$", var["name"]):
                     assert "secretKeyRef" in var.get("valueFrom", {}), (
                         f"{var['name']} must come from a Secret"
                     )
-    example = yaml.safe_load((MANIFESTS / "base" / "secret.example.yaml").read_text())
-    for key, value in example["stringData"].items():
-        assert value.startswith("REPLACE_WITH_") or "KEY" not in key, f"{key}: placeholders only"
+    for example_file in ("secret.example.yaml", "secret-control.example.yaml"):
+        example = yaml.safe_load((MANIFESTS / "base" / example_file).read_text())
+        for key, value in example["stringData"].items():
+            assert value.startswith("REPLACE_WITH_") or "KEY" not in key.upper(), f"{key}: placeholders only"
+            if example_file == "secret-control.example.yaml":
+                assert value.startswith("REPLACE_WITH_"), f"{key}: placeholders only"
     for kustomization in MANIFESTS.rglob("kustomization.yaml"):
-        assert "secret.example.yaml" not in yaml.safe_load(kustomization.read_text()).get("resources", [])
+        resources = yaml.safe_load(kustomization.read_text()).get("resources", [])
+        assert not [r for r in resources if r.endswith(".example.yaml")], kustomization
 
 
 @pytest.mark.parametrize("name", SERVING_KUSTOMIZATIONS)
@@ -403,11 +415,17 @@ def test_every_container_is_locked_down(name):
                 assert {"cpu", "memory"} <= set(container["resources"][kind]), (container["name"], kind)
             for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
                 assert probe in container, (container["name"], probe)
-            # every writable place is an emptyDir with a size limit, /tmp included
-            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"] if not m.get("readOnly")}
+            # every writable place is an emptyDir with a size limit, /tmp included; Secrets are read-only
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
             assert "/tmp" in mounts
-            for volume in mounts.values():
-                assert volumes[volume]["emptyDir"]["sizeLimit"]
+            for mount in container["volumeMounts"]:
+                volume = volumes[mount["name"]]
+                if "secret" in volume:
+                    assert mount.get("readOnly") is True and volume["secret"]["defaultMode"] == 0o440, mount
+                elif "projected" in volume:  # the KFP token: read-only, never writable
+                    assert mount.get("readOnly") is True, mount
+                else:
+                    assert volume["emptyDir"]["sizeLimit"]
             env = env_of(container)
             for var in ("BENTOML_HOME", "XDG_CACHE_HOME"):
                 if var in env:
@@ -855,6 +873,10 @@ def test_pod_processes_start_and_talk_as_configured(s3, tmp_path):
                         local.mkdir(parents=True, exist_ok=True)
                         value = str(local) + value[len(path) :]
                 env[key] = value
+            for key, value in env.items():  # the Secret's files (same content for both containers)
+                if key.endswith(("_TOKEN_FILE", "_KEY_FILE")):
+                    Path(value).parent.mkdir(parents=True, exist_ok=True)
+                    Path(value).write_text(f"test-{key.lower()}-0123456789")
             env["TMPDIR"] = str(mounts["/tmp"])
             mounts["/tmp"].mkdir(parents=True, exist_ok=True)
             env.update(
@@ -1139,3 +1161,24 @@ def test_schemas_are_the_pinned_upstream_crds_and_reject_what_they_reject():
     canary["spec"]["analysis"]["threshold"] = "three"  # the CRD says integer
     with pytest.raises(jsonschema.ValidationError):
         validate(canary)
+
+
+def test_alertmanager_sends_the_alert_token_the_sidecar_reads():
+    """The AlertmanagerConfig's webhook authorization names the same Secret key that the sidecar mounts at
+    VISIONOPS_ALERT_TOKEN_FILE (otherwise every notification gets 401 and retraining never starts)."""
+    config = one("observability", "AlertmanagerConfig", "visionops-retrain")
+    (webhook,) = config["spec"]["receivers"][0]["webhookConfigs"]
+    auth = webhook["httpConfig"]["authorization"]
+    assert auth.get("type", "Bearer") == "Bearer"
+    dep = one("base", "Deployment", "visionops-serving")
+    monitor = containers(dep)[MONITOR]
+    path = env_of(monitor)["VISIONOPS_ALERT_TOKEN_FILE"]["value"]
+    volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+    (mount,) = [m for m in monitor["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
+    secret = volumes[mount["name"]]["secret"]
+    items = {i["path"]: i["key"] for i in secret["items"]}
+    assert secret["secretName"] == auth["credentials"]["name"]
+    assert items[path.removeprefix(mount["mountPath"] + "/")] == auth["credentials"]["key"]
+    # serving holds no alert token: least privilege
+    serving = containers(dep)[SERVING]
+    assert "VISIONOPS_ALERT_TOKEN_FILE" not in env_of(serving)

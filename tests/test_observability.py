@@ -235,9 +235,15 @@ class _Procs:
     def __init__(self, tmp_path: Path) -> None:
         self.tmp_path, self.procs = tmp_path, []
 
-    def start(self, name: str, argv: list[str]) -> subprocess.Popen:
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
         log = (self.tmp_path / f"{name}.log").open("wb")
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
         proc.log_path = self.tmp_path / f"{name}.log"  # type: ignore[attr-defined]
         self.procs.append(proc)
         return proc
@@ -339,6 +345,7 @@ def test_prometheus_scrapes_serving_and_sidecar_and_every_rule_and_panel_has_dat
             _cli("monitor", "--model", bundle, "--host", "127.0.0.1", "--port", str(monitor_port),
                  "--window-size", "50", "--drift-every-rows", "50", "--drift-every-seconds", "1",
                  "--trigger-windows", "1", "--dry-run"),
+            env={"VISIONOPS_INSECURE_CONTROL": "true"},  # feedback below names an unsigned request id
         )  # fmt: skip
         serving = procs.start(
             "serving",
@@ -423,6 +430,7 @@ def _counter(monitor_url: str, name: str) -> float:
 
 def test_alertmanager_routes_the_drift_alert_to_one_kfp_run_per_episode(tmp_path):
     require_binary("prometheus-alertmanager")
+    import httpx
     from visionops.demo.loop import DRIFT_ALERT, RETRAIN_ALERTS
     from visionops.demo.observability import Alertmanager
 
@@ -432,15 +440,20 @@ def test_alertmanager_routes_the_drift_alert_to_one_kfp_run_per_episode(tmp_path
     port = free_port()
     monitor_url = f"http://127.0.0.1:{port}"
     cooldown = 12.0
+    token = tmp_path / "alert-token"  # the Secret's file: the sidecar reads it, Alertmanager sends it
+    token.write_text("alertmanager-to-sidecar-token-0123456789\n")
     try:
         monitor = procs.start(
             "monitor",
             _cli("monitor", "--model", bundle, "--host", "127.0.0.1", "--port", str(port),
                  "--drift-every-seconds", "3600", "--kfp-host", kfp.url, "--cooldown", str(cooldown),
                  "--kfp-params", json.dumps({"data_uri": "s3://data/v2"})),
+            env={"VISIONOPS_ALERT_TOKEN_FILE": str(token)},
         )  # fmt: skip
         _wait_ok(f"{monitor_url}/readyz", monitor)
-        with Alertmanager(f"{monitor_url}/alerts", alertnames=RETRAIN_ALERTS) as am:
+        anonymous = httpx.post(f"{monitor_url}/alerts", json={"alerts": []}, timeout=10)
+        assert anonymous.status_code == 401 and "alert token" in anonymous.json()["detail"]
+        with Alertmanager(f"{monitor_url}/alerts", alertnames=RETRAIN_ALERTS, credentials_file=token) as am:
             # an alert that is not routed to retraining reaches nobody
             _post_alert(am.url, "VisionOpsHighLatencyP95")
             # episode 1: the drift alert fires -> exactly one run

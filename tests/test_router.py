@@ -7,6 +7,7 @@ import time
 
 import httpx
 import pytest
+from visionops.auth import AuthSettings, ControlAuth
 from visionops.experiments.router import BackgroundServer, Router, RouterSettings, build_app
 
 pytestmark = pytest.mark.integration
@@ -56,7 +57,9 @@ def start_router(backends, tmp_path, **kw):
         refresh_seconds=0.2,
         **kw,
     )
-    router = Router(settings, seed=0)
+    # control open (no secrets): these tests script feedback on the backends' unsigned ids; signed feedback
+    # and the reviewer token are tested in tests/test_hostile_control.py
+    router = Router(settings, seed=0, auth=ControlAuth(AuthSettings(insecure_control=True)))
     return router, BackgroundServer(build_app(router)).start()
 
 

@@ -116,11 +116,13 @@ class Receiver:
 
     def __init__(self) -> None:
         received: dict[str, list] = {"/ingest": [], "/feedback": []}
+        authorization: dict[str, list] = {}  # path -> the Authorization header of each request
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 received.setdefault(self.path, []).append(body)
+                authorization.setdefault(self.path, []).append(self.headers.get("Authorization"))
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()
@@ -129,7 +131,7 @@ class Receiver:
             def log_message(self, *args) -> None:
                 pass
 
-        self.received = received
+        self.received, self.authorization = received, authorization
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -324,9 +326,18 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(tiny_bundle, tmp_path_factory):
-    """ONE ``visionops serve`` process with a real receiver as the monitor, a prediction log and capture."""
-    tmp = tmp_path_factory.mktemp("server")
-    receiver = Receiver()
+    """ONE ``visionops serve`` process with a real receiver as the monitor, a prediction log and capture.
+
+    Control is open (no secrets, ``VISIONOPS_INSECURE_CONTROL``): tests/test_hostile_control.py runs its own
+    server with the feedback key and the reviewer token.
+    """
+    yield from run_server(tiny_bundle, tmp_path_factory.mktemp("server"), VISIONOPS_INSECURE_CONTROL="true")
+
+
+def run_server(tiny_bundle: str, tmp: Path, receiver: Receiver | None = None, **extra_env: str):
+    """Start ``visionops serve`` (monitor: ``receiver``, a new :class:`Receiver` by default) and yield the
+    :class:`Server` once it is ready; stops both afterwards."""
+    receiver = receiver or Receiver()
     port = free_port()
     env = {
         **os.environ,
@@ -341,6 +352,7 @@ def server(tiny_bundle, tmp_path_factory):
         # test uses the product's budget (answers within seconds) rather than the 500 ms default.
         "VISIONOPS_MAX_LATENCY_MS": "3000",
         "BENTOML_DO_NOT_TRACK": "true",
+        **extra_env,
     }
     log = (tmp / "server.log").open("w")
     proc = subprocess.Popen(

@@ -386,12 +386,28 @@ class Loop:
             "--cooldown", str(cfg.cooldown_s), "--kfp-host", f"local://{self.out / 'runs'}",
             "--kfp-params", json.dumps(params), "--report-uri", str(self.out / "reports" / "drift"),
         ]  # fmt: skip
-        proc = Proc("monitor", argv, self.out / "logs" / f"monitor-{tag}.log",
-                    env={"VISIONOPS_REPORT_EVERY_SECONDS": "1"})  # fmt: skip
+        env = {
+            "VISIONOPS_REPORT_EVERY_SECONDS": "1",
+            "VISIONOPS_ALERT_TOKEN_FILE": str(self.alert_token_file()),
+        }
+        proc = Proc("monitor", argv, self.out / "logs" / f"monitor-{tag}.log", env=env)
         self.procs["monitor"] = proc
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/readyz", proc, cfg.stage_timeout_s)
         return url
+
+    def alert_token_file(self) -> Path:
+        """The sidecar's alert token for this demo run (random, mode 0600): the sidecar refuses /alerts
+        without it, and the demo's Alertmanager sends it (``http_config.authorization.credentials_file``)."""
+        import secrets
+
+        path = self.out / "secrets" / "alert-token"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(32))
+        return path
 
     def stop_all(self) -> None:
         runs = self.out / "runs"
@@ -552,7 +568,9 @@ class Loop:
             f"# {RULES_MANIFEST.name} with every `for:` shortened to {DEMO_FOR} for the demo\n"
             + yaml.safe_dump(rules, sort_keys=False)
         )
-        am = Alertmanager(f"{monitor_url}/alerts", alertnames=RETRAIN_ALERTS).start()
+        am = Alertmanager(
+            f"{monitor_url}/alerts", alertnames=RETRAIN_ALERTS, credentials_file=self.alert_token_file()
+        ).start()
         self.observers.append(am)
         prom = Prometheus(
             {

@@ -183,7 +183,9 @@ class Alertmanager(_Process):
     """``alertmanager`` routing alerts to one webhook receiver (our retraining trigger).
 
     With ``alertnames`` only those alerts reach the webhook (the others go to a receiver that does nothing),
-    as the AlertmanagerConfig in manifests/observability routes them on a cluster.
+    as the AlertmanagerConfig in manifests/observability routes them on a cluster. With ``credentials_file``
+    (a file holding the sidecar's alert token) every notification carries ``Authorization: Bearer <token>``
+    (the webhook's ``http_config.authorization``, as the AlertmanagerConfig's ``httpConfig`` on a cluster).
     """
 
     def __init__(
@@ -194,16 +196,19 @@ class Alertmanager(_Process):
         repeat_interval: str = "1h",
         alertnames: tuple[str, ...] | None = None,
         binary: str | None = None,
+        credentials_file: str | Path | None = None,
     ) -> None:
         super().__init__()
         self.binary = binary or find_binary(ALERTMANAGER_BINARIES)
         if self.binary is None:
             raise FileNotFoundError("alertmanager is not installed (apt-get install prometheus-alertmanager)")
         self.cluster_port = free_port()
-        webhook = {
-            "name": "visionops-retrain",
-            "webhook_configs": [{"url": webhook_url, "send_resolved": True}],
-        }
+        webhook_config: dict[str, Any] = {"url": webhook_url, "send_resolved": True}
+        if credentials_file is not None:
+            webhook_config["http_config"] = {
+                "authorization": {"type": "Bearer", "credentials_file": str(Path(credentials_file).resolve())}
+            }
+        webhook = {"name": "visionops-retrain", "webhook_configs": [webhook_config]}
         route: dict[str, Any] = {
             "receiver": "visionops-retrain",
             "group_by": ["alertname"],

@@ -5,7 +5,9 @@ worker, live quality from ground-truth feedback and the retraining trigger. The 
 Ingestion only appends to a bounded ring buffer (:class:`~visionops.drift.window.FeatureWindow`); the worker
 compares a snapshot of the window with the bundle's reference every K rows or T seconds, so a slow drift
 computation never blocks ``/ingest``. Every store is bounded (window, pending predictions, labelled pairs,
-event log), so memory stays flat under a stream of any length.
+event log), and bounded in bytes as well as in rows: every string in a row or a feedback item has a length
+limit (``max_string_chars``, request ids ``MAX_REQUEST_ID_CHARS``) and the request ids kept for feedback a byte
+budget (``max_pending_bytes``), so memory stays flat under a stream of any length or any content.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from http import HTTPStatus
 from typing import Any
 
+from visionops.auth import MAX_REQUEST_ID_CHARS, AuthError
 from visionops.drift.metrics import MonitorMetrics
 from visionops.drift.settings import MonitorSettings
 from visionops.errors import ConfigError
@@ -35,6 +38,7 @@ class Monitor:
         from visionops.drift.quality import LiveQuality
         from visionops.drift.reference import read_reference
         from visionops.drift.trigger import RetrainTrigger, TriggerSettings
+        from visionops.drift.trigger_state import TriggerState
         from visionops.drift.window import FeatureWindow
 
         if not settings.model_uri:
@@ -58,12 +62,14 @@ class Monitor:
             )
         self.policy = policy
         self.columns = monitored_columns(self.reference.columns, policy)
+        self._specs = {name: _spec(name) for name in self.columns}  # looked up once, not per row
         if not self.columns:
             raise ConfigError(f"the drift reference of {settings.model_uri} has no feature columns")
         self.window = FeatureWindow(self.columns, settings.window_size, max_age_s=settings.window_seconds)
         self.quality = LiveQuality(
             positive_class,
             window=settings.quality_window,
+            max_pending_bytes=settings.max_pending_bytes,
             target_precision=settings.target_precision,
             min_labels=settings.min_labels,
         )
@@ -82,7 +88,14 @@ class Monitor:
             model_uri=settings.model_uri,
             model_version=self.model_version,
             on_outcome=lambda outcome: self.metrics.triggered.labels(outcome=outcome).inc(),
+            state=TriggerState(
+                settings.trigger_state_uri, ttl_s=settings.alert_ttl_s, max_alerts=settings.max_alerts
+            ),
         )
+        if not settings.trigger_state_uri:
+            log.warning(
+                "no VISIONOPS_TRIGGER_STATE_URI: a restart of the sidecar resets the trigger's cooldown"
+            )
         self.latest: dict | None = None
         self.consecutive = 0
         self._html: str | None = None
@@ -101,7 +114,9 @@ class Monitor:
         """The reasons a row is refused (empty when it is good)."""
         if not isinstance(row, dict):
             return [f"a row must be a JSON object, got {type(row).__name__}"]
-        problems = []
+        problems = self._string_problems(row)
+        if problems:
+            return problems
         for name, kind in self.columns.items():
             if name not in row:
                 problems.append(f"missing {name!r}")
@@ -118,7 +133,7 @@ class Monitor:
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                 problems.append(f"{name!r} must be a finite number, got {value!r}")
                 continue
-            spec = _spec(name)
+            spec = self._specs[name]
             if spec is not None and spec.low is not None and not spec.low <= value <= spec.high:
                 problems.append(f"{name!r}={value} is outside [{spec.low}, {spec.high}]")
         version = row.get("model_version")
@@ -132,6 +147,23 @@ class Monitor:
         rid = row.get("request_id")
         if rid is not None and not isinstance(rid, str):
             problems.append(f"request_id must be a string, got {rid!r}")
+        return problems
+
+    def _string_problems(self, item: dict) -> list[str]:
+        """Keys and string values over their length limits (checked first: nothing long is kept or echoed)."""
+        limit = self.settings.max_string_chars
+        if len(item) > 4 * limit:
+            return [f"{len(item)} keys in one object; at most {4 * limit}"]
+        # comprehensions, not a loop with branches: this runs for every ingested row
+        problems = [f"a key of {len(k)} characters; at most {limit}" for k in item if len(k) > limit]
+        problems += [
+            f"{k!r} is a string of {len(v)} characters; at most {limit}"
+            for k, v in item.items()
+            if type(v) is str and len(v) > limit and k != "request_id"
+        ]
+        rid = item.get("request_id")
+        if type(rid) is str and len(rid) > MAX_REQUEST_ID_CHARS:
+            problems.append(f"request_id of {len(rid)} characters; at most {MAX_REQUEST_ID_CHARS}")
         return problems
 
     def ingest(self, rows: list) -> tuple[int, list[dict]]:
@@ -160,22 +192,33 @@ class Monitor:
             self._wake.set()
         return len(good), bad
 
-    def feedback(self, items: list) -> tuple[int, list[dict]]:
+    def feedback(self, items: list, auth) -> tuple[int, list[dict]]:
         """Ground-truth labels for earlier requests; returns (matched, problems).
 
-        Each problem carries the HTTP status it stands for (``status``): 404 for a request id the monitor
-        never saw (or has forgotten), 422 for a malformed item or an unknown label.
+        ``auth`` (:class:`~visionops.auth.ControlAuth`) checks that serving issued each request id (its
+        signature verifies). Each problem carries the HTTP status it stands for (``status``): 403 for an id
+        serving did not sign, 404 for an id the monitor never saw (or has forgotten), 422 for a malformed item
+        or an unknown label.
         """
         matched, problems = 0, []
         for i, item in enumerate(items):
             if (
                 not isinstance(item, dict)
                 or not isinstance(item.get("request_id"), str)
-                or "label" not in item
+                or not isinstance(item.get("label"), str)
             ):
                 problems.append(_problem(i, "need {'request_id': str, 'label': class name}"))
                 continue
-            label = str(item["label"])
+            too_long = self._string_problems(item)
+            if too_long:
+                problems.append(_problem(i, too_long[0]))
+                continue
+            try:
+                auth.check_request_id(item["request_id"])
+            except AuthError as exc:
+                problems.append(_problem(i, str(exc), HTTPStatus(exc.http_status)))
+                continue
+            label = item["label"]
             if label not in self.classes:
                 problems.append(_problem(i, f"label {label!r} is not one of {self.classes}"))
                 continue
@@ -322,6 +365,8 @@ class Monitor:
             if self._stop.is_set():
                 break
             try:
+                if self.trigger.expire():
+                    self.metrics.retrain_alert.set(self.trigger.alert)
                 if self._due():
                     self.run_drift()
                 if (

@@ -1,8 +1,8 @@
 """Live quality: precision and recall of the positive class over the last labelled requests.
 
 Serving forwards ground truth (human review) as ``{"request_id", "label"}``; the prediction for that request
-was seen earlier in an ingested feature row. Both stores are bounded: pending predictions by count (oldest
-forgotten first), labelled pairs by the quality window.
+was seen earlier in an ingested feature row. Both stores are bounded: pending predictions by count and by the
+bytes of their ids (oldest forgotten first), labelled pairs by the quality window.
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ class LiveQuality:
         *,
         window: int = 500,
         max_pending: int = 50_000,
+        max_pending_bytes: int = 16 * 1024 * 1024,
         target_precision: float = TARGET_PRECISION,
         min_labels: int = 50,
     ) -> None:
-        if window < 1 or max_pending < 1:
+        if window < 1 or max_pending < 1 or max_pending_bytes < 1:
             raise ConfigError("the quality window and the pending-prediction store need at least 1 slot")
         if not 0.0 <= target_precision <= 1.0:
             raise ConfigError(f"target precision must be in [0, 1], got {target_precision}")
@@ -34,17 +35,23 @@ class LiveQuality:
         self.target_precision = target_precision
         self.min_labels = min_labels
         self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
         self._pending: OrderedDict[str, str] = OrderedDict()
+        self._pending_bytes = 0
         self._pairs: deque[tuple[bool, bool]] = deque(maxlen=window)
         self._lock = threading.Lock()
         self.unknown_labels = 0
 
     def record_prediction(self, request_id: str, predicted_class: str) -> None:
         with self._lock:
+            old = self._pending.pop(request_id, None)
+            if old is not None:
+                self._pending_bytes -= _entry_bytes(request_id, old)
             self._pending[request_id] = predicted_class
-            self._pending.move_to_end(request_id)
-            while len(self._pending) > self.max_pending:
-                self._pending.popitem(last=False)
+            self._pending_bytes += _entry_bytes(request_id, predicted_class)
+            while len(self._pending) > self.max_pending or self._pending_bytes > self.max_pending_bytes:
+                rid, cls = self._pending.popitem(last=False)
+                self._pending_bytes -= _entry_bytes(rid, cls)
 
     def add_label(self, request_id: str, label: str) -> bool:
         """Pair a ground-truth label with the request's prediction; False when the request is unknown
@@ -54,6 +61,7 @@ class LiveQuality:
             if predicted is None:
                 self.unknown_labels += 1
                 return False
+            self._pending_bytes -= _entry_bytes(request_id, predicted)
             self._pairs.append((predicted == self.positive_class, label == self.positive_class))
             return True
 
@@ -75,5 +83,11 @@ class LiveQuality:
             "min_labels": self.min_labels,
             "below_target": below,
             "pending_predictions": len(self._pending),
+            "pending_bytes": self._pending_bytes,
             "unknown_labels": self.unknown_labels,
         }
+
+
+def _entry_bytes(request_id: str, predicted_class: str) -> int:
+    """What one pending prediction costs: its strings plus the dict entry and object headers (about 150 B)."""
+    return len(request_id) + len(predicted_class) + 150

@@ -155,6 +155,66 @@ class MonitorSettings(Settings):
         check=_at_least_one,
         must="must be >= 1",
     )
+    trigger_state_uri: str = setting(
+        "",
+        "JSON document (local path or s3://) holding the trigger's last run and active conditions, so a "
+        "restart does not reset the cooldown ('' = memory only).",
+        env="VISIONOPS_TRIGGER_STATE_URI",
+    )
+    alert_ttl_s: float = setting(
+        86400.0,
+        "A condition not raised again within this many seconds expires (longer than Alertmanager's "
+        "repeatInterval).",
+        env="VISIONOPS_ALERT_TTL_S",
+        check=_positive,
+        must="must be > 0 seconds",
+    )
+    max_alerts: int = setting(
+        100,
+        "Most alert names active at once; further names are refused (outcome 'overflow').",
+        env="VISIONOPS_MAX_ALERTS",
+        check=_at_least_one,
+        must="must be >= 1",
+    )
+    # -- the HTTP server's own limits (hostile or broken clients) --
+    socket_timeout_s: float = setting(
+        10.0,
+        "Seconds a connection may stay silent (a body shorter than its Content-Length gets 408).",
+        env="VISIONOPS_MONITOR_SOCKET_TIMEOUT_S",
+        check=_positive,
+        must="must be > 0 seconds",
+    )
+    max_body_bytes: int = setting(
+        16 * 1024 * 1024,
+        "Largest request body in bytes (more: 413, nothing read).",
+        env="VISIONOPS_MONITOR_MAX_BODY_BYTES",
+        check=lambda v: v >= 1024,
+        must="must be >= 1024",
+    )
+    max_connections: int = setting(
+        64,
+        "Most connections served at once (one thread each); more get 503 and are closed.",
+        env="VISIONOPS_MONITOR_MAX_CONNECTIONS",
+        check=_at_least_one,
+        must="must be >= 1",
+    )
+    max_json_depth: int = setting(
+        16, "Deepest JSON nesting accepted (deeper: 400).", check=_at_least_one, must="must be >= 1"
+    )
+    max_string_chars: int = setting(
+        256,
+        "Longest string value (and key) in a feature row or feedback item.",
+        env="VISIONOPS_MONITOR_MAX_STRING_CHARS",
+        check=lambda v: v >= 16,
+        must="must be >= 16",
+    )
+    max_pending_bytes: int = setting(
+        16 * 1024 * 1024,
+        "Bytes of request ids kept for feedback (oldest forgotten first).",
+        env="VISIONOPS_MONITOR_MAX_PENDING_BYTES",
+        check=lambda v: v >= 4096,
+        must="must be >= 4096",
+    )
 
     @property
     def every_rows(self) -> int:

@@ -10,6 +10,10 @@ One run per episode for the whole fleet: every replica's sidecar (and a canary's
 other model versions and so other episodes) names its runs ``retrain-<model version>-...`` and starts one
 through :func:`visionops.pipeline.client.create_run_once`, which joins a run of that episode created within
 the cooldown by another replica instead of starting a second (outcome ``joined``).
+
+The last run time and the active conditions live in a :class:`~visionops.drift.trigger_state.TriggerState`
+(persisted in object storage when it has a URI, so a restart does not reset the cooldown; conditions expire and
+alert names are bounded in number).
 """
 
 from __future__ import annotations
@@ -22,11 +26,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from visionops.drift.trigger_state import MAX_SOURCE_CHARS, TriggerState
 from visionops.errors import ConfigError, VisionOpsError
 
 log = logging.getLogger(__name__)
 
-OUTCOMES = ("created", "joined", "dry_run", "cooldown", "suppressed", "failed", "not_configured")
+OUTCOMES = ("created", "joined", "dry_run", "cooldown", "suppressed", "failed", "not_configured", "overflow")
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,7 @@ class RetrainTrigger:
         on_outcome: Callable[[str], None] | None = None,
         create_run: Callable[..., tuple[str, bool]] | None = None,
         clock: Callable[[], float] = time.time,
+        state: TriggerState | None = None,
     ) -> None:
         self.settings = settings
         self.model_uri = model_uri
@@ -74,37 +80,42 @@ class RetrainTrigger:
         self._create_run = create_run
         self._clock = clock
         self._lock = threading.Lock()
-        self._active: dict[str, str] = {}  # source -> reason
-        self._last_run_at: float | None = None
+        self.state = state if state is not None else TriggerState(clock=clock)
         self.events: deque[dict] = deque(maxlen=100)
 
     @property
     def alert(self) -> int:
-        return 1 if self._active else 0
+        return 1 if self.state.active else 0
 
     @property
     def active_sources(self) -> list[str]:
-        return sorted(self._active)
+        return sorted(self.state.active)
 
     def raise_(self, source: str, reason: str) -> dict:
         """A condition holds (drift for M windows, precision below target, an alert firing)."""
         with self._lock:
-            if source in self._active:
+            now = self._clock()
+            self.state.expire(now)
+            if source in self.state.active:
+                self.state.touch(source, now)
                 return self._record(source, "suppressed", reason, why="this condition already fired")
-            episode_running = bool(self._active)
-            self._active[source] = reason
+            if not self.state.admits(source):
+                why = f"{self.state.max_alerts} alert names already active (VISIONOPS_MAX_ALERTS)"
+                return self._record(source, "overflow", reason, why=why)
+            episode_running = bool(self.state.active)
+            self.state.activate(source, reason, now)
             if episode_running:
                 return self._record(source, "suppressed", reason, why="an episode is already active")
-            now = self._clock()
-            if self._last_run_at is not None and now - self._last_run_at < self.settings.cooldown_s:
-                left = self.settings.cooldown_s - (now - self._last_run_at)
+            last_run_at = self.state.fresh_last_run()
+            if last_run_at is not None and now - last_run_at < self.settings.cooldown_s:
+                left = self.settings.cooldown_s - (now - last_run_at)
                 return self._record(source, "cooldown", reason, why=f"cooldown: {left:.0f}s left")
             return self._start_run(source, reason, now)
 
     def clear(self, source: str) -> None:
         """The condition no longer holds; the episode ends when none does."""
         with self._lock:
-            if self._active.pop(source, None) is not None:
+            if self.state.deactivate(source):
                 self.events.append({"time": self._clock(), "source": source, "outcome": "cleared"})
 
     @property
@@ -112,12 +123,20 @@ class RetrainTrigger:
         """The prefix of every run name of this model's retraining: the same on every replica."""
         return f"retrain-{self.model_version or 'model'}"
 
+    def expire(self) -> list[str]:
+        """Drop the conditions not raised again within the state's TTL (the sidecar's worker calls this)."""
+        with self._lock:
+            gone = self.state.expire(self._clock())
+            for source in gone:
+                self.events.append({"time": self._clock(), "source": source, "outcome": "expired"})
+        return gone
+
     def _start_run(self, source: str, reason: str, now: float) -> dict:
         s = self.settings
         params = {**warm_start_params(self.model_uri), **s.params}
         run_name = f"{self.episode}-{source.replace(':', '-')}-{int(now)}"
         if s.dry_run:
-            self._last_run_at = now
+            self.state.record_run(now)
             return self._record(source, "dry_run", reason, params=params, run_name=run_name)
         if not s.kfp_host:
             return self._record(source, "not_configured", reason, why="no KFP host configured", params=params)
@@ -139,10 +158,10 @@ class RetrainTrigger:
             )
         except VisionOpsError as exc:
             # Not counted as this episode's run: the next raise (next window, next alert repeat) retries.
-            self._active.pop(source, None)
+            self.state.deactivate(source)
             log.error("retraining trigger failed: %s", exc)
             return self._record(source, "failed", reason, why=str(exc))
-        self._last_run_at = now
+        self.state.record_run(now)
         outcome = "created" if created else "joined"
         return self._record(source, outcome, reason, run_id=run_id, params=params, run_name=run_name)
 
@@ -166,10 +185,12 @@ class RetrainTrigger:
                 raise ConfigError("each alert in the Alertmanager payload must be a JSON object")
             labels = alert.get("labels") or {}
             name = str(labels.get("alertname", "unnamed"))
+            if len(name) > MAX_SOURCE_CHARS - len("alert:"):
+                raise ConfigError(f"alertname of {len(name)} characters; at most {MAX_SOURCE_CHARS - 6}")
             status = alert.get("status") or payload.get("status")
             if status == "firing":
                 summary = (alert.get("annotations") or {}).get("summary") or name
-                results.append(self.raise_(f"alert:{name}", str(summary)))
+                results.append(self.raise_(f"alert:{name}", str(summary)[:300]))
             elif status == "resolved":
                 self.clear(f"alert:{name}")
                 results.append({"source": f"alert:{name}", "outcome": "cleared"})

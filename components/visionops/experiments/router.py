@@ -6,8 +6,11 @@ unit header, or constrained Thompson sampling: best recall among variants meetin
 The answer comes back with ``X-Variant`` and ``X-Request-ID``; one JSON line per request goes to the
 experiment log (variant, unit, assignment policy, status, latency, label, confidence) through a background
 writer, never on the request path. ``POST /feedback`` takes the true label of a request id, updates the
-bandit and is forwarded to the variant that answered; requests awaiting feedback are held in a bounded map
-whose evictions are counted (``visionops_router_feedback_evicted_total``).
+bandit and is forwarded to the variant that answered; it needs the reviewer token and a request id serving
+signed (:mod:`visionops.auth`), so forged feedback cannot move the shares. Requests awaiting feedback are held
+in a bounded map whose evictions are counted (``visionops_router_feedback_evicted_total``). A variant that
+fails ``eject_after`` requests in a row (unreachable, timeout, 500/502/504) is ejected: it gets no traffic for
+``eject_seconds``, then one request re-probes it (success: back in; failure: out again).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from visionops.auth import AuthError, ControlAuth
 from visionops.errors import ConfigError
 from visionops.experiments.assign import POLICIES, Assigner, PendingFeedback, ThompsonState, parse_weights
 from visionops.policy import POSITIVE_CLASS, TARGET_PRECISION
@@ -127,6 +131,20 @@ class RouterSettings(Settings):
     timeout_seconds: float = setting(
         30.0, "Timeout of a forwarded request.", check=lambda v: v > 0, must="must be > 0"
     )
+    eject_after: int = setting(
+        5,
+        "Eject a variant after this many consecutive failed requests (unreachable, timeout, 500/502/504).",
+        env="VISIONOPS_ROUTER_EJECT_AFTER",
+        check=lambda v: v >= 1,
+        must="must be >= 1",
+    )
+    eject_seconds: float = setting(
+        30.0,
+        "Seconds an ejected variant gets no traffic before one request re-probes it.",
+        env="VISIONOPS_ROUTER_EJECT_SECONDS",
+        check=lambda v: v > 0,
+        must="must be > 0",
+    )
     extra: dict = setting(default_factory=dict, help="Free-form settings for extensions.", cli=False)  # noqa: RUF009
 
     def __post_init__(self) -> None:
@@ -188,12 +206,69 @@ class JsonLinesWriter:
             self._writer.close(timeout)
 
 
+#: Upstream statuses that count as a failure of the variant (503 is load shedding, not a dead variant).
+FAILURE_STATUSES = frozenset({500, 502, 504})
+
+
+class VariantHealth:
+    """Consecutive failures per variant; ejection after ``eject_after`` of them, a re-probe after a cool-off."""
+
+    def __init__(self, variants, *, eject_after: int, eject_seconds: float, clock=time.monotonic) -> None:
+        self.eject_after, self.eject_seconds, self._clock = eject_after, eject_seconds, clock
+        self.failures = dict.fromkeys(variants, 0)
+        self.ejected_until: dict[str, float] = {}
+        self.ejections = dict.fromkeys(variants, 0)
+        self._probing: set[str] = set()
+        self._lock = threading.Lock()
+
+    def usable(self, variant: str) -> bool:
+        """Not ejected; or ejected, cooled off and not being re-probed (this caller becomes the probe)."""
+        with self._lock:
+            until = self.ejected_until.get(variant)
+            if until is None:
+                return True
+            if self._clock() < until or variant in self._probing:
+                return False
+            self._probing.add(variant)
+            return True
+
+    def record(self, variant: str, ok: bool) -> None:
+        with self._lock:
+            self._probing.discard(variant)
+            if ok:
+                self.failures[variant] = 0
+                if self.ejected_until.pop(variant, None) is not None:
+                    log.warning("variant %s answered again: back in the rotation", variant)
+                return
+            self.failures[variant] = self.failures.get(variant, 0) + 1
+            if variant in self.ejected_until or self.failures[variant] >= self.eject_after:
+                if variant not in self.ejected_until:
+                    self.ejections[variant] = self.ejections.get(variant, 0) + 1
+                    log.warning(
+                        "variant %s ejected after %d consecutive failures; re-probed in %.0fs",
+                        variant,
+                        self.failures[variant],
+                        self.eject_seconds,
+                    )
+                self.ejected_until[variant] = self._clock() + self.eject_seconds
+
+    def ejected(self) -> set[str]:
+        with self._lock:
+            return set(self.ejected_until)
+
+
 class Router:
     """The routing state: the assigner, the pending request map for feedback, counters and the log."""
 
-    def __init__(self, settings: RouterSettings, *, seed: int | None = None) -> None:
+    def __init__(
+        self, settings: RouterSettings, *, seed: int | None = None, auth: ControlAuth | None = None
+    ) -> None:
         settings.validate()
         self.settings = settings
+        self.auth = auth if auth is not None else ControlAuth()
+        self.health = VariantHealth(
+            settings.variants, eject_after=settings.eject_after, eject_seconds=settings.eject_seconds
+        )
         thompson = ThompsonState(
             sorted(settings.variants),
             target=settings.target_precision,
@@ -209,6 +284,21 @@ class Router:
         self.pending = PendingFeedback(settings.max_pending_feedback)
         self.counts: collections.Counter = collections.Counter()
         self.log = JsonLinesWriter(settings.log_path)
+
+    def choose(self, unit: str | None) -> str:
+        """The policy's variant, or, when it is ejected, another usable one by weight (all ejected: the
+        policy's choice, so traffic still re-probes)."""
+        import random
+
+        variant = self.assigner.choose(unit)
+        if self.health.usable(variant):
+            return variant
+        others = {v: w for v, w in self.settings.weights.items() if v != variant and w > 0}
+        healthy = {v: w for v, w in others.items() if v not in self.health.ejected()}
+        if not healthy:
+            return variant
+        names = sorted(healthy)
+        return random.choices(names, weights=[healthy[n] for n in names])[0]
 
     def remember(self, request_id: str, variant: str, label: str | None) -> None:
         self.pending.add(request_id, variant, label)
@@ -236,6 +326,19 @@ class Router:
         ]
         for variant, share in sorted(self.assigner._shares.items()):
             lines.append(f'visionops_router_share{{variant="{variant}"}} {share}')
+        lines += [
+            "# HELP visionops_router_ejections_total Times a variant was ejected after consecutive failures.",
+            "# TYPE visionops_router_ejections_total counter",
+        ]
+        ejected = self.health.ejected()
+        for variant, n in sorted(self.health.ejections.items()):
+            lines.append(f'visionops_router_ejections_total{{variant="{variant}"}} {n}')
+        lines += [
+            "# HELP visionops_router_variant_ejected 1 while a variant is ejected.",
+            "# TYPE visionops_router_variant_ejected gauge",
+        ]
+        for variant in sorted(self.settings.variants):
+            lines.append(f'visionops_router_variant_ejected{{variant="{variant}"}} {int(variant in ejected)}')
         lines += [
             "# TYPE visionops_router_log_dropped_total counter",
             f"visionops_router_log_dropped_total {self.log.dropped}",
@@ -298,7 +401,7 @@ def build_app(router: Router):
         started = time.perf_counter()
         request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
         unit = request.headers.get(settings.unit_header)
-        variant = router.assigner.choose(unit)
+        variant = router.choose(unit)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         headers["X-Request-ID"] = request_id
         headers["X-Variant"] = variant
@@ -308,13 +411,20 @@ def build_app(router: Router):
             async with shared["session"].request(request.method, url, data=body, headers=headers) as upstream:
                 payload = await upstream.read()
                 status = upstream.status
-                out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
+                # serving signs the ids it issues: remember and return the signed one (feedback names it)
+                request_id = upstream.headers.get("X-Request-ID") or request_id
+                out_headers = {
+                    k: v
+                    for k, v in upstream.headers.items()
+                    if k.lower() not in HOP_BY_HOP and k.lower() != "x-request-id"
+                }
         except (TimeoutError, aiohttp.ClientError) as exc:
             status, payload = (
                 502,
                 json.dumps({"error": f"variant {variant!r} unreachable: {exc.__class__.__name__}"}).encode(),
             )
             out_headers = {"Content-Type": "application/json"}
+        router.health.record(variant, status not in FAILURE_STATUSES)
         out_headers["X-Variant"] = variant
         out_headers["X-Request-ID"] = request_id
         label, confidence = _label_of(payload, out_headers.get("Content-Type", ""))
@@ -338,13 +448,27 @@ def build_app(router: Router):
         return web.Response(body=payload, status=status, headers=out_headers)
 
     async def feedback(request: web.Request) -> web.Response:
+        try:  # a reviewer, naming a request id serving signed: forged feedback never reaches the bandit
+            router.auth.require("reviewer", request.headers.get("Authorization"))
+        except AuthError as exc:
+            return web.json_response({"error": str(exc)}, status=exc.http_status)
+        if request.content_length is None:
+            return web.json_response({"error": "send the JSON body with a Content-Length"}, status=411)
+        if request.content_length > 65536:
+            return web.json_response({"error": "a feedback body is at most 65536 bytes"}, status=413)
         try:
-            data = await request.json()
-            request_id, label = str(data["request_id"]), str(data["label"])
-        except (ValueError, KeyError, TypeError):
+            data = json.loads(await request.read())
+            request_id, label = data["request_id"], data["label"]
+            if not isinstance(request_id, str) or not isinstance(label, str) or len(label) > 256:
+                raise TypeError("request_id and label must be strings")
+        except (ValueError, KeyError, TypeError, RecursionError):
             return web.json_response(
                 {"error": 'expected JSON {"request_id": "...", "label": "..."}'}, status=422
             )
+        try:
+            router.auth.check_request_id(request_id)
+        except AuthError as exc:
+            return web.json_response({"error": str(exc)}, status=exc.http_status)
         variant = router.feedback(request_id, label)
         router.log.write(
             {"time": time.time(), "request_id": request_id, "variant": variant, "feedback": label}
@@ -355,7 +479,9 @@ def build_app(router: Router):
             )
         try:
             async with shared["session"].post(
-                settings.variants[variant] + "/feedback", json={"request_id": request_id, "label": label}
+                settings.variants[variant] + "/feedback",
+                json={"request_id": request_id, "label": label},
+                headers=router.auth.auth_header("reviewer"),
             ) as upstream:
                 await upstream.read()
         except (TimeoutError, aiohttp.ClientError):

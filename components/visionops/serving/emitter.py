@@ -48,8 +48,10 @@ class MonitorEmitter:
         timeout: float = 2.0,
         retry_after: float = 1.0,
         on_drop: Callable[[str, int], None] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         self.url = url.rstrip("/")
+        self.headers = dict(headers or {})  # e.g. the reviewer token the sidecar's /feedback requires
         self.timeout = timeout
         self.retry_after = retry_after
         self.sent_rows = 0
@@ -84,7 +86,7 @@ class MonitorEmitter:
         import httpx
 
         if self._client is None:
-            self._client = httpx.Client(timeout=self.timeout)
+            self._client = httpx.Client(timeout=self.timeout, headers=self.headers)
         rows: list[dict[str, Any]] = []
         feedback: list[dict[str, Any]] = []
         for path, item in batch:

@@ -130,6 +130,7 @@ class MonitorProcess:
         batch_events: int = 64,
         flush_seconds: float = 0.05,
         on_drop: Callable[[str, int], None] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         self.monitor_url = monitor_url or None
         self.prediction_log = prediction_log or None
@@ -142,7 +143,13 @@ class MonitorProcess:
             self._proc.stdin,
             (
                 "config",
-                {"row_maker": row_maker, "monitor_url": monitor_url, "prediction_log": prediction_log},
+                {
+                    "row_maker": row_maker,
+                    "monitor_url": monitor_url,
+                    "prediction_log": prediction_log,
+                    # e.g. the reviewer token the sidecar's /feedback requires (over the pipe, never argv)
+                    "headers": dict(headers or {}),
+                },
             ),
         )
         self._reader = threading.Thread(
@@ -259,7 +266,11 @@ def _child_main(stdin: BinaryIO, stdout: BinaryIO) -> int:
     maker = config["row_maker"]
     emitter = None
     if config["monitor_url"]:
-        emitter = MonitorEmitter(config["monitor_url"], on_drop=lambda reason, n: report(("drop", reason, n)))
+        emitter = MonitorEmitter(
+            config["monitor_url"],
+            on_drop=lambda reason, n: report(("drop", reason, n)),
+            headers=config.get("headers"),
+        )
     plog = PredictionLog(config["prediction_log"]) if config["prediction_log"] else None
     events = 0
     close_timeout = 5.0

@@ -8,7 +8,9 @@ Endpoints (all POST answer JSON; errors are ``{"error": "...", "request_id": "..
 
 - ``/classify``        one image: multipart field ``image``, or the raw bytes with ``Content-Type: image/*``
 - ``/classify_batch``  several images: multipart, the field ``images`` repeated
-- ``/feedback``        JSON ``{"request_id": ..., "label": ...}``: the true label for an earlier answer
+- ``/feedback``        JSON ``{"request_id": ..., "label": ...}``: the true label for an earlier answer; needs the
+  reviewer token (``Authorization: Bearer``) and a request id this service issued (signed with the feedback
+  key, :mod:`visionops.auth`)
 - ``/livez``, ``/readyz`` (ready once the model is loaded and warmed up), ``/metrics`` (Prometheus)
 
 Every image is validated (content type, bytes, pixels, corrupt/truncated) before it reaches the model;
@@ -37,6 +39,7 @@ from bentoml.exceptions import ServiceUnavailable
 from bentoml.validators import ContentType
 from starlette.datastructures import UploadFile
 
+from visionops.auth import MAX_REQUEST_ID_CHARS, AuthError, ControlAuth
 from visionops.errors import ImageError, PayloadTooLarge, RequestError, UnsupportedMediaType
 from visionops.images import ImageLimits
 from visionops.serving import bundled_model_uri
@@ -52,8 +55,8 @@ log = logging.getLogger("visionops.serving")
 #: Content types of an image part or body that we try to decode (the decoder then checks the real format).
 ACCEPTED_TYPES = ("image/", "application/octet-stream")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-#: Feedback may name one image of a batch answer: ``<request id>-<index>``.
-_FEEDBACK_ID = re.compile(r"^[A-Za-z0-9._:-]{1,140}$")
+#: Feedback may name one image of a batch answer: ``<request id>-<index>``, signed: ``<...>.<signature>``.
+_FEEDBACK_ID = re.compile(rf"^[A-Za-z0-9._:-]{{1,{MAX_REQUEST_ID_CHARS}}}$")
 #: Multipart overhead allowed on top of the image bytes before a request is refused from its Content-Length.
 _MULTIPART_SLACK = 64 * 1024
 
@@ -214,6 +217,7 @@ class VisionOpsClassifier:
 
     def __init__(self) -> None:
         self.settings = ServingSettings.from_env()
+        self.auth = ControlAuth()  # request-id signing and the reviewer token of /feedback
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
         limits = ImageLimits(
@@ -236,6 +240,7 @@ class VisionOpsClassifier:
                 monitor_url=self.settings.monitor_url,
                 prediction_log=self.settings.prediction_log,
                 queue_size=self.settings.monitor_queue_size,
+                headers=self.auth.auth_header("reviewer"),  # the sidecar's /feedback wants the reviewer
                 on_drop=lambda reason, n: dropped.labels(reason).inc(n),
             )
         self.capture = None
@@ -298,6 +303,7 @@ class VisionOpsClassifier:
 
     # -- request handling ------------------------------------------------------------------------------------
     def _request_id(self, ctx: bentoml.Context) -> str:
+        """The caller's X-Request-ID (when well formed) or a new one; unsigned (:meth:`ControlAuth.issue`)."""
         given = ctx.request.headers.get("x-request-id", "")
         return given if _REQUEST_ID.match(given) else uuid.uuid4().hex
 
@@ -324,7 +330,8 @@ class VisionOpsClassifier:
         self, endpoint: str, uploads: list[Upload] | RequestError, ctx: bentoml.Context, *, many: bool
     ):
         started = time.perf_counter()
-        rid = self._request_id(ctx)
+        base = self._request_id(ctx)
+        rid = self.auth.issue(base)  # signed: /feedback accepts only ids this service issued
         ctx.response.headers["X-Request-ID"] = rid
         version = self.predictor.version
         status = 200
@@ -345,7 +352,7 @@ class VisionOpsClassifier:
         else:
             answers = [self.predictor.describe(probs) for probs, _ in outputs]
             for i, answer in enumerate(answers):
-                answer["request_id"] = f"{rid}-{i}" if many else rid
+                answer["request_id"] = self.auth.issue(f"{base}-{i}") if many else rid
                 self.metrics.predictions.labels(answer["label"], version).inc()
                 self.metrics.confidence.labels(version).observe(answer["confidence"])
             self._record(rid, uploads, prepared, outputs, answers)
@@ -408,12 +415,15 @@ class VisionOpsClassifier:
         """Classify several images (multipart, field ``images`` repeated) in one request."""
         return await self._answer("classify_batch", images, ctx, many=True)
 
-    def _check_feedback(self, request_id: str, label: str) -> None:
-        """Refuse feedback with a label the model does not know or an id this service never gave."""
+    def _check_feedback(self, request_id: str, label: str, ctx: bentoml.Context) -> None:
+        """Refuse feedback that is not from a reviewer (401/403), has a label the model does not know, or names
+        a request id this service did not issue (400/403)."""
+        self.auth.require("reviewer", ctx.request.headers.get("authorization"))
         if label not in self.predictor.classes:
-            raise RequestError(f"unknown label {label!r}; valid: {self.predictor.classes}")
+            raise RequestError(f"unknown label {label[:80]!r}; valid: {self.predictor.classes}")
         if not _FEEDBACK_ID.match(request_id):
-            raise RequestError(f"request_id {request_id!r} is not a request id from this service")
+            raise RequestError(f"request_id {request_id[:80]!r} is not a request id from this service")
+        self.auth.check_request_id(request_id)
 
     @bentoml.api(route="/feedback")
     async def feedback(self, request_id: str, label: str, ctx: bentoml.Context) -> dict[str, Any]:
@@ -421,8 +431,8 @@ class VisionOpsClassifier:
         started = time.perf_counter()
         version = self.predictor.version
         try:
-            self._check_feedback(request_id, label)
-        except RequestError as exc:
+            self._check_feedback(request_id, label, ctx)
+        except (RequestError, AuthError) as exc:
             status, body = exc.http_status, {"error": str(exc)}
         else:
             status = 200
@@ -447,6 +457,5 @@ class VisionOpsClassifier:
         self.metrics.requests.labels("feedback", str(status), version).inc()
         self.metrics.latency.labels("feedback", version).observe(time.perf_counter() - started)
         return body
-
 
 VisionOpsClassifier.add_asgi_middleware(BodyLimit)
