@@ -458,4 +458,5 @@ class VisionOpsClassifier:
         self.metrics.latency.labels("feedback", version).observe(time.perf_counter() - started)
         return body
 
+
 VisionOpsClassifier.add_asgi_middleware(BodyLimit)
