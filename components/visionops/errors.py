@@ -32,6 +32,18 @@ class RequestError(VisionOpsError):
     http_status = 400
 
 
+class LengthRequired(RequestError):
+    """A body sent without a Content-Length where the service needs one before reading it."""
+
+    http_status = 411
+
+
+class MalformedRequest(RequestError):
+    """A well-formed HTTP request whose JSON body does not have the documented shape."""
+
+    http_status = 422
+
+
 class PayloadTooLarge(RequestError):
     """A request or one of its parts is over a size limit (bytes, images per request, pixels)."""
 

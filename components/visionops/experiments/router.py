@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from visionops.auth import AuthError, ControlAuth
-from visionops.errors import ConfigError
+from visionops.errors import ConfigError, LengthRequired, MalformedRequest, PayloadTooLarge, RequestError
 from visionops.experiments.assign import POLICIES, Assigner, PendingFeedback, ThompsonState, parse_weights
 from visionops.policy import POSITIVE_CLASS, TARGET_PRECISION
 from visionops.settings import Settings, setting
@@ -371,46 +371,66 @@ def _label_of(body: bytes, content_type: str) -> tuple[str | None, float | None]
 
 def build_app(router: Router):
     """The aiohttp application: a catch-all forwarder plus /feedback, /router/state and /router/metrics."""
-    import aiohttp
-    from aiohttp import web
+    return _RouterHandlers(router).app()
 
-    settings = router.settings
-    shared: dict = {}  # the client session and the refresher task, created on startup
 
-    async def on_startup(app):
-        shared["session"] = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=settings.timeout_seconds),
+class _RouterHandlers:
+    """The router's HTTP handlers around one :class:`Router`; the client session lives from startup to
+    cleanup."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+        self.settings = router.settings
+        self.session = None
+        self.refresher: asyncio.Task | None = None
+
+    def app(self):
+        from aiohttp import web
+
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.on_startup.append(self.on_startup)
+        app.on_cleanup.append(self.on_cleanup)
+        app.router.add_post("/feedback", self.feedback)
+        app.router.add_get("/router/state", self.state)
+        app.router.add_get("/router/metrics", self.metrics)
+        app.router.add_get("/router/healthz", self.healthz)
+        app.router.add_route("*", "/{tail:.*}", self.forward)
+        return app
+
+    async def on_startup(self, _app) -> None:
+        import aiohttp
+
+        self.session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.settings.timeout_seconds),
             connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=30),
             auto_decompress=False,
         )
-        if settings.policy == "thompson":
-            shared["refresher"] = asyncio.create_task(refresh_loop())
+        if self.settings.policy == "thompson":
+            self.refresher = asyncio.create_task(self.refresh_loop())
 
-    async def on_cleanup(app):
-        if "refresher" in shared:
-            shared["refresher"].cancel()
-        await shared["session"].close()
-        router.log.close()
+    async def on_cleanup(self, _app) -> None:
+        if self.refresher is not None:
+            self.refresher.cancel()
+        await self.session.close()
+        self.router.log.close()
 
-    async def refresh_loop():
+    async def refresh_loop(self) -> None:
         while True:
-            await asyncio.sleep(settings.refresh_seconds)
-            router.assigner.refresh()
+            await asyncio.sleep(self.settings.refresh_seconds)
+            self.router.assigner.refresh()
 
-    async def forward(request: web.Request) -> web.StreamResponse:
-        started = time.perf_counter()
-        request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
-        unit = request.headers.get(settings.unit_header)
-        variant = router.choose(unit)
+    async def _call_variant(self, request, variant: str, request_id: str) -> tuple[int, bytes, dict, str]:
+        """Forward the request unchanged to ``variant``: (status, body, headers, the id serving returned)."""
+        import aiohttp
+
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         headers["X-Request-ID"] = request_id
         headers["X-Variant"] = variant
         body = await request.read()
-        url = settings.variants[variant] + request.rel_url.path_qs
+        url = self.settings.variants[variant] + request.rel_url.path_qs
         try:
-            async with shared["session"].request(request.method, url, data=body, headers=headers) as upstream:
+            async with self.session.request(request.method, url, data=body, headers=headers) as upstream:
                 payload = await upstream.read()
-                status = upstream.status
                 # serving signs the ids it issues: remember and return the signed one (feedback names it)
                 request_id = upstream.headers.get("X-Request-ID") or request_id
                 out_headers = {
@@ -418,12 +438,20 @@ def build_app(router: Router):
                     for k, v in upstream.headers.items()
                     if k.lower() not in HOP_BY_HOP and k.lower() != "x-request-id"
                 }
+                return upstream.status, payload, out_headers, request_id
         except (TimeoutError, aiohttp.ClientError) as exc:
-            status, payload = (
-                502,
-                json.dumps({"error": f"variant {variant!r} unreachable: {exc.__class__.__name__}"}).encode(),
-            )
-            out_headers = {"Content-Type": "application/json"}
+            error = {"error": f"variant {variant!r} unreachable: {exc.__class__.__name__}"}
+            return 502, json.dumps(error).encode(), {"Content-Type": "application/json"}, request_id
+
+    async def forward(self, request):
+        from aiohttp import web
+
+        router, settings = self.router, self.settings
+        started = time.perf_counter()
+        unit = request.headers.get(settings.unit_header)
+        variant = router.choose(unit)
+        request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
+        status, payload, out_headers, request_id = await self._call_variant(request, variant, request_id)
         router.health.record(variant, status not in FAILURE_STATUSES)
         out_headers["X-Variant"] = variant
         out_headers["X-Request-ID"] = request_id
@@ -447,30 +475,35 @@ def build_app(router: Router):
         )
         return web.Response(body=payload, status=status, headers=out_headers)
 
-    async def feedback(request: web.Request) -> web.Response:
-        try:  # a reviewer, naming a request id serving signed: forged feedback never reaches the bandit
-            router.auth.require("reviewer", request.headers.get("Authorization"))
-        except AuthError as exc:
-            return web.json_response({"error": str(exc)}, status=exc.http_status)
+    async def _read_feedback(self, request) -> tuple[str, str]:
+        """The reviewer's (request_id, label), or a :class:`RequestError` / :class:`AuthError` saying why not.
+
+        A reviewer, naming a request id serving signed: forged feedback never reaches the bandit."""
+        self.router.auth.require("reviewer", request.headers.get("Authorization"))
         if request.content_length is None:
-            return web.json_response({"error": "send the JSON body with a Content-Length"}, status=411)
+            raise LengthRequired("send the JSON body with a Content-Length")
         if request.content_length > 65536:
-            return web.json_response({"error": "a feedback body is at most 65536 bytes"}, status=413)
+            raise PayloadTooLarge("a feedback body is at most 65536 bytes")
         try:
             data = json.loads(await request.read())
             request_id, label = data["request_id"], data["label"]
             if not isinstance(request_id, str) or not isinstance(label, str) or len(label) > 256:
                 raise TypeError("request_id and label must be strings")
-        except (ValueError, KeyError, TypeError, RecursionError):
-            return web.json_response(
-                {"error": 'expected JSON {"request_id": "...", "label": "..."}'}, status=422
-            )
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            raise MalformedRequest('expected JSON {"request_id": "...", "label": "..."}') from exc
+        self.router.auth.check_request_id(request_id)
+        return request_id, label
+
+    async def feedback(self, request):
+        import aiohttp
+        from aiohttp import web
+
         try:
-            router.auth.check_request_id(request_id)
-        except AuthError as exc:
+            request_id, label = await self._read_feedback(request)
+        except (RequestError, AuthError) as exc:
             return web.json_response({"error": str(exc)}, status=exc.http_status)
-        variant = router.feedback(request_id, label)
-        router.log.write(
+        variant = self.router.feedback(request_id, label)
+        self.router.log.write(
             {"time": time.time(), "request_id": request_id, "variant": variant, "feedback": label}
         )
         if variant is None:
@@ -478,31 +511,29 @@ def build_app(router: Router):
                 {"error": f"unknown or already answered request_id {request_id!r}"}, status=404
             )
         try:
-            async with shared["session"].post(
-                settings.variants[variant] + "/feedback",
+            async with self.session.post(
+                self.settings.variants[variant] + "/feedback",
                 json={"request_id": request_id, "label": label},
-                headers=router.auth.auth_header("reviewer"),
+                headers=self.router.auth.auth_header("reviewer"),
             ) as upstream:
                 await upstream.read()
         except (TimeoutError, aiohttp.ClientError):
             log.warning("could not forward feedback for %s to %s", request_id, variant)
         return web.json_response({"request_id": request_id, "variant": variant})
 
-    async def state(_request: web.Request) -> web.Response:
+    async def state(self, _request):
+        from aiohttp import web
+
+        router = self.router
+        names = ("precision_ok", "precision_bad", "recall_ok", "recall_bad")
         return web.json_response(
             {
-                "policy": settings.policy,
+                "policy": self.settings.policy,
                 "shares": router.assigner._shares,
                 "weights": router.assigner.weights,
                 "requests": {f"{v}:{s}": n for (v, s), n in router.counts.items()},
                 "feedback": {
-                    v: dict(
-                        zip(
-                            ("precision_ok", "precision_bad", "recall_ok", "recall_bad"),
-                            c.tolist(),
-                            strict=True,
-                        )
-                    )
+                    v: dict(zip(names, c.tolist(), strict=True))
                     for v, c in router.assigner.thompson.counts.items()
                 },
                 "feedback_pending": len(router.pending),
@@ -510,21 +541,15 @@ def build_app(router: Router):
             }
         )
 
-    async def healthz(_request: web.Request) -> web.Response:
-        return web.json_response({"ok": True, "variants": sorted(settings.variants)})
+    async def healthz(self, _request):
+        from aiohttp import web
 
-    async def metrics(_request: web.Request) -> web.Response:
-        return web.Response(text=router.metrics_text(), content_type="text/plain")
+        return web.json_response({"ok": True, "variants": sorted(self.settings.variants)})
 
-    app = web.Application(client_max_size=64 * 1024 * 1024)
-    app.on_startup.append(on_startup)
-    app.on_cleanup.append(on_cleanup)
-    app.router.add_post("/feedback", feedback)
-    app.router.add_get("/router/state", state)
-    app.router.add_get("/router/metrics", metrics)
-    app.router.add_get("/router/healthz", healthz)
-    app.router.add_route("*", "/{tail:.*}", forward)
-    return app
+    async def metrics(self, _request):
+        from aiohttp import web
+
+        return web.Response(text=self.router.metrics_text(), content_type="text/plain")
 
 
 def serve(settings: RouterSettings, *, host: str = "0.0.0.0", port: int = 8080) -> None:
