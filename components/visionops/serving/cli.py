@@ -40,7 +40,12 @@ def serve(
     capture_uri: str = typer.Option(None, help="Payload capture directory or s3:// prefix."),
     capture_rate: float = typer.Option(None, min=0.0, max=1.0, help="Share of requests to capture (0..1)."),
     variant: str = typer.Option(None, help="Experiment variant label on every logged prediction."),
-    torch_threads: int = typer.Option(None, min=0, help="torch intra-op threads (0 = torch's default)."),
+    torch_threads: int = typer.Option(
+        None, min=0, help="torch and ONNX Runtime intra-op threads (0 = the container's CPU limit)."
+    ),
+    runtime: str = typer.Option(
+        None, help="auto (fastest measured at package time), torch, onnx, onnx-int8."
+    ),
     print_only: bool = typer.Option(False, "--print", help="Print the server command instead of running it."),
 ) -> None:
     """Serve a model bundle over HTTP with BentoML (the same service the serving container runs)."""
@@ -57,6 +62,7 @@ def serve(
         "capture_rate": capture_rate,
         "variant": variant,
         "torch_threads": torch_threads,
+        "runtime": runtime,
     }
     settings = dataclasses.replace(
         ServingSettings.from_env(), **{k: v for k, v in options.items() if v is not None}
@@ -79,11 +85,20 @@ def package_command(
     output: str = typer.Argument(
         ..., help="Where the .bento archive goes: a *.bento file, a directory or s3:// prefix."
     ),
+    dataset: str = typer.Option(
+        None, help="Dataset whose golden images prove ONNX parity (default: the bundle's training dataset)."
+    ),
+    onnx: bool = typer.Option(True, help="Export model.onnx (parity-checked, timed against PyTorch)."),
+    int8: bool = typer.Option(False, help="Also add model.int8.onnx, calibrated on training images."),
 ) -> None:
-    """Build a Bento for BUNDLE (service + model + pinned Python environment) and export the .bento archive."""
+    """Build a Bento for BUNDLE (service + model + pinned Python environment) and export the .bento archive.
+
+    First exports the model to ONNX (dynamic batch) and records parity and speed in the bundle, so the service
+    can serve with ONNX Runtime (VISIONOPS_RUNTIME).
+    """
     from visionops.serving.package import package
 
-    typer.echo(package(bundle, output))
+    typer.echo(package(bundle, output, dataset_uri=dataset, onnx=onnx, int8=int8))
 
 
 def register(app: typer.Typer) -> None:

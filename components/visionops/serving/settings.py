@@ -30,6 +30,7 @@ ENV_VARS = {
     "VISIONOPS_MONITOR_QUEUE_SIZE": "monitor_queue_size",
     "VISIONOPS_DEVICE": "device",
     "VISIONOPS_TORCH_THREADS": "torch_threads",
+    "VISIONOPS_RUNTIME": "runtime",
 }
 
 
@@ -51,8 +52,10 @@ class ServingSettings:
     max_request_images: int = 64
     monitor_queue_size: int = 10_000
     device: str = "auto"
-    #: torch intra-op threads; 0 = torch's default (all host cores, which oversubscribes a CPU-limited pod).
+    #: torch (and ONNX Runtime) intra-op threads; 0 = the container's CPU limit (cgroup cpu.max).
     torch_threads: int = 0
+    #: auto | torch | onnx | onnx-int8 (see visionops.serving.runtime; checked when the model loads)
+    runtime: str = "auto"
 
     def __post_init__(self) -> None:
         checks = [
