@@ -223,6 +223,8 @@ class VisionOpsClassifier:
 
     def __init__(self) -> None:
         self.settings = ServingSettings.from_env()
+        # bentoml leaves the root logger at WARNING: the start-up line (model, runtime, threads) is INFO.
+        logging.getLogger("visionops").setLevel(logging.INFO)
         # The container's CPU limit, not the host's cores: more threads than the quota only get throttled.
         threads = self.settings.torch_threads or cpu_limit_threads()
         torch.set_num_threads(threads)
