@@ -141,6 +141,9 @@ def open_session(path: str | Path, *, threads: int | None = None):
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    # Idle pool threads sleep instead of spinning: in a CPU-limited pod (or on a busy host) spinning burns the
+    # quota the working threads need (measured on a loaded 2-core box: 2 threads 154 -> 298 images/s).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own (non-exported) exception types
@@ -387,6 +390,7 @@ def build_export(
     ONNX file and ``meta["status"]`` says why, so the bundle still serves with PyTorch.
     """
     workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
     meta: dict[str, Any] = {"status": "failed", "bound": MAX_PROB_DIFF, "files": {}}
     fp32 = workdir / ONNX_FILE
     try:
