@@ -11,7 +11,9 @@ which every runtime is measured in turn (so a change in the machine's background
 - in-process: ``Predictor.predict`` on JPEG bytes (decode + preprocess + model, what the server does per
   image) at batch 1 (p50/p99 per call) and at the best batch (the fastest of --batches for that runtime);
 - served: ``visionops serve`` with ``VISIONOPS_RUNTIME`` set; batch 1 = one client sending /classify back to
-  back; best batch = --concurrency clients, adaptive batching up to the best batch (p50/p99 per request).
+  back; best batch = two clients sending /classify_batch with the best batch of images per request (what a
+  camera gateway sends); and, for reference, --concurrency clients sending single images to /classify
+  (adaptive batching up to the best batch). p50/p99 are per request.
 
 The ratios (served ONNX / served torch, served / in-process) are computed per round and reported as the mean
 with a 95% t-interval over the rounds. The 1-minute load average is printed beside every figure: this machine
@@ -126,40 +128,111 @@ def in_process(predictor, images: list[bytes], batch: int, seconds: float) -> di
     return {"ips": done / (time.perf_counter() - started), "p50": p50, "p99": p99, "load": load()}
 
 
-async def served(url: str, images: list[bytes], clients: int, seconds: float) -> dict:
-    """Closed loop: ``clients`` send /classify back to back; images/s and per-request latency (ms)."""
+async def served(url: str, images: list[bytes], clients: int, seconds: float, per_request: int = 1) -> dict:
+    """Closed loop: ``clients`` send /classify (or /classify_batch with ``per_request`` images) back to back;
+    images/s and per-request latency (ms)."""
     latencies: list[float] = []
     errors = 0
     stop_at = time.perf_counter() + seconds
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
 
+    def request(i: int) -> tuple[str, list]:
+        if per_request == 1:
+            return "/classify", [("image", ("x.jpg", images[i % len(images)], "image/jpeg"))]
+        picked = [images[(i + k) % len(images)] for k in range(per_request)]
+        return "/classify_batch", [("images", ("x.jpg", data, "image/jpeg")) for data in picked]
+
     async def client(worker: int, http: httpx.AsyncClient) -> None:
         nonlocal errors
-        i = worker
+        i = worker * per_request
         while time.perf_counter() < stop_at:
+            route, files = request(i)
             t0 = time.perf_counter()
-            response = await http.post(
-                "/classify", files={"image": ("x.jpg", images[i % len(images)], "image/jpeg")}
-            )
+            response = await http.post(route, files=files)
             if response.status_code == 200:
                 latencies.append((time.perf_counter() - t0) * 1000)
             else:
                 errors += 1
-            i += clients
+            i += clients * per_request
 
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
-        for _ in range(3):
-            await http.post("/classify", files={"image": ("x.jpg", images[0], "image/jpeg")})
+        for _ in range(2):
+            await http.post(*request(0)[:1], files=request(0)[1])
         started = time.perf_counter()
         await asyncio.gather(*(client(w, http) for w in range(clients)))
         elapsed = time.perf_counter() - started
     p50, p99 = percentiles(latencies)
-    return {"ips": len(latencies) / elapsed, "p50": p50, "p99": p99, "errors": errors, "load": load()}
+    images_done = len(latencies) * per_request
+    return {"ips": images_done / elapsed, "p50": p50, "p99": p99, "errors": errors, "load": load()}
 
 
 def row(label: str, r: dict) -> str:
     extra = f"  errors {r['errors']}" if r.get("errors") else ""
-    return f"  {label:34s}{r['ips']:9.1f}{r['p50']:9.1f}{r['p99']:9.1f}   load {r['load']:5.2f}{extra}"
+    return f"  {label:42s}{r['ips']:9.1f}{r['p50']:9.1f}{r['p99']:9.1f}   load {r['load']:5.2f}{extra}"
+
+
+def measure_round(rt: str, predictor, server, best: int, images: list[bytes], args) -> dict:
+    """One round of one runtime: in-process and served, batch 1 and best batch."""
+    return {
+        (rt, "in", 1): in_process(predictor, images, 1, args.seconds),
+        (rt, "in", "best"): in_process(predictor, images, best, args.seconds),
+        (rt, "http", 1): asyncio.run(served(server.url, images, 1, args.seconds)),
+        (rt, "http", "best"): asyncio.run(served(server.url, images, 2, args.seconds, per_request=best)),
+        (rt, "http", "clients"): asyncio.run(served(server.url, images, args.concurrency, args.seconds)),
+    }
+
+
+def ratio(rounds: list[dict], top: tuple, bottom: tuple) -> list[float]:
+    return [f[top]["ips"] / f[bottom]["ips"] for f in rounds]
+
+
+def report(arch: str, args, best: dict, rounds: list[dict]) -> dict:
+    """Print every figure with its load, then the ratios with their interval over the rounds."""
+    print(
+        f"\n{arch}, {args.threads} threads, {args.rounds} rounds of {args.seconds:.0f} s phases; per round:"
+    )
+    print(f"  {'':42s}{'img/s':>9s}{'p50 ms':>9s}{'p99 ms':>9s}")
+    for r, figures in enumerate(rounds):
+        print(f" round {r + 1}")
+        for rt in RUNTIMES:
+            for key, label in (
+                ((rt, "in", 1), f"{rt} in-process batch 1"),
+                ((rt, "in", "best"), f"{rt} in-process batch {best[rt]}"),
+                ((rt, "http", 1), f"{rt} served batch 1 (1 client)"),
+                ((rt, "http", "best"), f"{rt} served batch {best[rt]} (2 clients)"),
+                ((rt, "http", "clients"), f"{rt} served /classify, {args.concurrency} clients"),
+            ):
+                print(row(label, figures[key]))
+    best_http = ("http", "best")
+    ratios = {
+        "served onnx / served torch, best batch": ratio(rounds, ("onnx", *best_http), ("torch", *best_http)),
+        "served onnx / served torch, batch 1": ratio(rounds, ("onnx", "http", 1), ("torch", "http", 1)),
+        "served onnx / torch, /classify x clients": ratio(
+            rounds, ("onnx", "http", "clients"), ("torch", "http", "clients")
+        ),
+        "served int8 / served torch, best batch": ratio(
+            rounds, ("onnx-int8", *best_http), ("torch", *best_http)
+        ),
+        "in-process onnx / torch, best batch": ratio(rounds, ("onnx", "in", "best"), ("torch", "in", "best")),
+        "served / in-process, onnx, best batch": ratio(rounds, ("onnx", *best_http), ("onnx", "in", "best")),
+        "served / in-process, torch, best batch": ratio(
+            rounds, ("torch", *best_http), ("torch", "in", "best")
+        ),
+        "served / in-process, int8, best batch": ratio(
+            rounds, ("onnx-int8", *best_http), ("onnx-int8", "in", "best")
+        ),
+    }
+    print(f"\n{arch} ratios: mean [95% t-interval over {args.rounds} rounds]   (per round)")
+    summary = {}
+    for name, values in ratios.items():
+        mean, low, high = t_interval(values)
+        summary[name] = (mean, low, high)
+        print(
+            f"  {name:44s}{mean:6.2f} [{low:5.2f}, {high:5.2f}]   ({', '.join(f'{v:.2f}' for v in values)})"
+        )
+    loads = [f[k]["load"] for f in rounds for k in f]
+    print(f"  load average (1 min) during the measurements: {min(loads):.2f} .. {max(loads):.2f}")
+    return summary
 
 
 def bench_arch(arch: str, args, images: list[bytes], tmp: Path) -> dict:
@@ -171,10 +244,11 @@ def bench_arch(arch: str, args, images: list[bytes], tmp: Path) -> dict:
     print(
         f"\n== {arch}: exported; parity on 32 photos: max prob diff {parity['max_prob_diff']:.1e}, "
         f"{parity['decisions_differ']} decisions differ; int8 max prob diff "
-        f"{onnx_meta['int8']['parity']['max_prob_diff']:.1e} (load {started_load:.2f})"
+        f"{onnx_meta['int8']['parity']['max_prob_diff']:.1e} (load {started_load:.2f})",
+        flush=True,
     )
     best = {rt: in_process_best_batch(uri, rt, images, args.batches) for rt in RUNTIMES}
-    print(f"   best in-process batch per runtime: {best} (load {load():.2f})")
+    print(f"   best in-process batch per runtime: {best} (load {load():.2f})", flush=True)
     servers = {}
     try:
         for rt in RUNTIMES:
@@ -185,77 +259,24 @@ def bench_arch(arch: str, args, images: list[bytes], tmp: Path) -> dict:
                 "VISIONOPS_MAX_LATENCY_MS": "2000",
                 "VISIONOPS_MONITOR_URL": "",
             }
-            servers[rt] = ServerProcess(uri, env, tmp / f"{arch}-{rt}.log")
-            log_text = (tmp / f"{arch}-{rt}.log").read_text()
-            if f"runtime {rt} " not in log_text:
-                raise SystemExit(f"the {rt} server did not serve with {rt}; see {tmp / f'{arch}-{rt}.log'}")
+            log_path = tmp / f"{arch}-{rt}.log"
+            servers[rt] = ServerProcess(uri, env, log_path)
+            if f"runtime {rt} " not in log_path.read_text():
+                raise SystemExit(f"the {rt} server did not serve with {rt}; see {log_path}")
         predictors = {
             rt: Predictor.load(uri, device="cpu", runtime=rt, threads=args.threads) for rt in RUNTIMES
         }
         rounds: list[dict] = []
         for r in range(args.rounds):
-            figures: dict[str, dict] = {}
+            figures: dict = {}
             for rt in RUNTIMES:
-                figures[(rt, "in", 1)] = in_process(predictors[rt], images, 1, args.seconds)
-                figures[(rt, "in", "best")] = in_process(predictors[rt], images, best[rt], args.seconds)
-                figures[(rt, "http", 1)] = asyncio.run(served(servers[rt].url, images, 1, args.seconds))
-                figures[(rt, "http", "best")] = asyncio.run(
-                    served(servers[rt].url, images, max(args.concurrency, 2 * best[rt]), args.seconds)
-                )
+                figures.update(measure_round(rt, predictors[rt], servers[rt], best[rt], images, args))
             rounds.append(figures)
-            print(f"   round {r + 1}/{args.rounds} done (load {load():.2f})")
+            print(f"   round {r + 1}/{args.rounds} done (load {load():.2f})", flush=True)
     finally:
         for server in servers.values():
             server.stop()
-
-    print(
-        f"\n{arch}, {args.threads} threads, {args.rounds} rounds of {args.seconds:.0f} s phases; per round:"
-    )
-    print(f"  {'':34s}{'img/s':>9s}{'p50 ms':>9s}{'p99 ms':>9s}")
-    for r, figures in enumerate(rounds):
-        print(f" round {r + 1}")
-        for rt in RUNTIMES:
-            for where, name in (("in", "in-process"), ("http", "served")):
-                for bs in (1, "best"):
-                    size = 1 if bs == 1 else best[rt]
-                    label = f"{rt} {name} batch {size}" + (
-                        f" ({args.concurrency}+ clients)" if where == "http" and bs == "best" else ""
-                    )
-                    print(row(label, figures[(rt, where, bs)]))
-    ratios = {
-        "served onnx / served torch (best batch)": [
-            f[("onnx", "http", "best")]["ips"] / f[("torch", "http", "best")]["ips"] for f in rounds
-        ],
-        "served onnx / served torch (batch 1)": [
-            f[("onnx", "http", 1)]["ips"] / f[("torch", "http", 1)]["ips"] for f in rounds
-        ],
-        "served int8 / served torch (best batch)": [
-            f[("onnx-int8", "http", "best")]["ips"] / f[("torch", "http", "best")]["ips"] for f in rounds
-        ],
-        "in-process onnx / torch (best batch)": [
-            f[("onnx", "in", "best")]["ips"] / f[("torch", "in", "best")]["ips"] for f in rounds
-        ],
-        "served / in-process, onnx (best batch)": [
-            f[("onnx", "http", "best")]["ips"] / f[("onnx", "in", "best")]["ips"] for f in rounds
-        ],
-        "served / in-process, torch (best batch)": [
-            f[("torch", "http", "best")]["ips"] / f[("torch", "in", "best")]["ips"] for f in rounds
-        ],
-        "served / in-process, int8 (best batch)": [
-            f[("onnx-int8", "http", "best")]["ips"] / f[("onnx-int8", "in", "best")]["ips"] for f in rounds
-        ],
-    }
-    print(f"\n{arch} ratios: mean [95% t-interval over {args.rounds} rounds] (per round)")
-    summary = {}
-    for name, values in ratios.items():
-        mean, low, high = t_interval(values)
-        summary[name] = (mean, low, high)
-        print(
-            f"  {name:42s}{mean:6.2f} [{low:5.2f}, {high:5.2f}]   ({', '.join(f'{v:.2f}' for v in values)})"
-        )
-    loads = [f[k]["load"] for f in rounds for k in f]
-    print(f"  load average during the measurements: {min(loads):.2f} .. {max(loads):.2f}")
-    return summary
+    return report(arch, args, best, rounds)
 
 
 def main() -> None:
@@ -265,8 +286,8 @@ def main() -> None:
     parser.add_argument(
         "--arch", action="append", help="architecture (repeatable); default mobilenet_v3_small and small_cnn"
     )
-    parser.add_argument("--seconds", type=float, default=4.0, help="length of each measured phase")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds (each measures every runtime once)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="length of each measured phase")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds (each measures every runtime once)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 16, 32], help="batch sizes to try")
     parser.add_argument("--concurrency", type=int, default=16, help="clients for the served best-batch phase")
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = the CPU limit)")

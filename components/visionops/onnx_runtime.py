@@ -359,18 +359,23 @@ def _speed(bundle, runtimes: dict[str, Any], golden, batch_sizes: tuple[int, ...
 
     figures: dict[str, dict[str, float]] = {"torch": {}}
     figures.update({name: {} for name in runtimes})
-    for bs in batch_sizes:
-        batch = golden[np.arange(bs) % len(golden)]
-        figures["torch"][str(bs)] = round(images_per_second(torch_fn, batch), 2)
-        for name, model in runtimes.items():
-            figures[name][str(bs)] = round(images_per_second(model.outputs, batch), 2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cpu_limit_threads())  # what serving gives both runtimes (the ONNX sessions have it)
+    try:
+        for bs in batch_sizes:
+            batch = golden[np.arange(bs) % len(golden)]
+            figures["torch"][str(bs)] = round(images_per_second(torch_fn, batch), 2)
+            for name, model in runtimes.items():
+                figures[name][str(bs)] = round(images_per_second(model.outputs, batch), 2)
+    finally:
+        torch.set_num_threads(threads)
     best = {name: max(by_bs.values()) for name, by_bs in figures.items()}
     return {
         "images_per_s": figures,
         "best_images_per_s": best,
         "fastest": max(best, key=best.get),
         "machine": machine(),
-        "torch_threads": torch.get_num_threads(),
+        "threads": cpu_limit_threads(),
     }
 
 
