@@ -279,3 +279,29 @@ def test_served_onnx_answers_equal_in_process_torch(exported, dataset, tmp_path)
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_cli_package_exports_onnx_into_bundle_and_bento(dataset, tmp_path):  # noqa: F811
+    """`visionops package --dataset` exports, proves parity, and the Bento carries model.onnx beside the weights."""
+    import tarfile
+
+    uri = make_bundle(tmp_path / "bundle", channel=0)
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
+    result = subprocess.run(
+        [VISIONOPS, "package", uri, str(tmp_path / "out"), "--dataset", dataset],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    archive = Path(result.stdout.strip().splitlines()[-1])
+    onnx = read_meta(uri)["onnx"]
+    assert onnx["status"] == "ok" and onnx["parity"]["passed"] and onnx["golden_version"].startswith("gs-")
+    with tarfile.open(archive) as tar:
+        names = set(tar.getnames())
+        bundled = json.loads(tar.extractfile("./src/model/bundle.json").read())
+    assert {"./src/model/model.onnx", "./src/model/model.safetensors"} <= names
+    assert bundled["onnx"]["files"] == onnx["files"]
