@@ -65,7 +65,8 @@ def test_task_graph_and_dependencies(ir):
 def test_gate_runs_package_and_deploy_only_when_blessed(ir):
     spec, _ = ir
     condition = _tasks(spec)["condition-1"]
-    assert condition["dependentTasks"] == ["evaluate"]
+    # ingest: the package step proves ONNX parity on the dataset's golden images
+    assert condition["dependentTasks"] == ["evaluate", "ingest"]
     assert condition["triggerPolicy"]["condition"] == (
         "inputs.parameter_values['pipelinechannel--evaluate-Output'] == true"
     )
@@ -80,6 +81,9 @@ def test_gate_runs_package_and_deploy_only_when_blessed(ir):
         assert branch[step]["inputs"]["artifacts"]["model"] == {
             "componentInputArtifact": "pipelinechannel--evaluate-candidate"
         }
+    assert branch["package"]["inputs"]["artifacts"]["dataset"] == {
+        "componentInputArtifact": "pipelinechannel--ingest-dataset"
+    }
     assert condition["inputs"]["artifacts"]["pipelinechannel--evaluate-candidate"]["taskOutputArtifact"] == {
         "outputArtifactKey": "candidate",
         "producerTask": "evaluate",

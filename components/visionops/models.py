@@ -100,6 +100,44 @@ def tiny_cnn(num_classes: int):
     return TinyCNN()
 
 
+def _bin_matrix(size: int, bins: int, like):
+    """(bins, size) averaging matrix (dtype/device of ``like``) of adaptive average pooling: bin i covers
+    ``[floor(i*size/bins), ceil((i+1)*size/bins))``, exactly as ``nn.AdaptiveAvgPool2d`` cuts it."""
+    import torch
+
+    matrix = torch.zeros(bins, size, dtype=like.dtype, device=like.device)
+    for i in range(bins):
+        start, end = (i * size) // bins, -((-(i + 1) * size) // bins)
+        matrix[i, start:end] = 1.0 / (end - start)
+    return matrix
+
+
+def _pooling_module():
+    """``GridAvgPool2d``: adaptive average pooling written as two matrix products (built lazily: no torch
+    import at module load)."""
+    from torch import nn
+
+    class GridAvgPool2d(nn.Module):
+        """Adaptive average pooling to a fixed ``bins x bins`` grid, as ``P_h @ x @ P_w^T``.
+
+        The same bins and weights as ``nn.AdaptiveAvgPool2d(bins)`` (equal up to float rounding, proven by
+        tests/test_models_onnx.py), but exportable to ONNX for any input size: the classic exporter has no
+        adaptive pooling whose output size does not divide the input (small_cnn's 6x6 map -> 4x4), and two
+        MatMuls run everywhere. No parameters, so existing state dicts load unchanged.
+        """
+
+        def __init__(self, bins: int) -> None:
+            super().__init__()
+            self.bins = bins
+
+        def forward(self, x):
+            rows = _bin_matrix(x.shape[-2], self.bins, x)
+            cols = _bin_matrix(x.shape[-1], self.bins, x)
+            return rows @ x @ cols.T
+
+    return GridAvgPool2d
+
+
 def create_model(name: str, num_classes: int):
     """Build ``name`` with a ``num_classes``-way head, randomly initialised."""
     if num_classes < 2:
@@ -178,7 +216,7 @@ def small_cnn(num_classes: int):
         def __init__(self) -> None:
             super().__init__()
             self.features = _conv_stack()
-            self.pool = nn.AdaptiveAvgPool2d(4)
+            self.pool = _pooling_module()(4)
             self.neck = nn.Sequential(
                 nn.Flatten(), nn.Dropout(0.3), nn.Linear(96 * 16, 128), nn.ReLU(inplace=True), nn.Dropout(0.3)
             )

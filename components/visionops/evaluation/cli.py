@@ -72,6 +72,10 @@ def evaluate_command(
     device: str = typer.Option(
         "cpu", help="Evaluation device (cpu, cuda, cuda:1...); ops figures are measured on it."
     ),
+    runtime: str = typer.Option(
+        "torch",
+        help="The artifact judged: torch (the weights), onnx or onnx-int8 (from `visionops package`).",
+    ),
 ) -> None:
     """Evaluate BUNDLE on the golden set of MANIFEST, compare with --champion, and decide (exit 0 either way)."""
     from visionops.evaluation import GatePolicy, evaluate
@@ -90,7 +94,13 @@ def evaluate_command(
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     record = evaluate(
-        bundle, manifest, output, champion_uri=champion, policy=GatePolicy.from_dict(values), device=device
+        bundle,
+        manifest,
+        output,
+        champion_uri=champion,
+        policy=GatePolicy.from_dict(values),
+        device=device,
+        runtime=runtime,
     )
     colour = typer.colors.GREEN if record["blessed"] else typer.colors.RED
     typer.secho(

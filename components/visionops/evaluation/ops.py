@@ -153,7 +153,10 @@ def measure_ops(
             "cpu: weight bytes + peak rise of process RSS sampled every 1 ms during the throughput runs "
             "(estimate; includes allocator caching)"
         )
-    weights_file = Path(bundle.local_dir or ".") / "model.safetensors"
+    # the file that serves: an ONNX artifact when the gate judges one, else the safetensors weights
+    weights_file = (
+        getattr(model, "artifact_file", None) or Path(bundle.local_dir or ".") / "model.safetensors"
+    )
     return {
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device)

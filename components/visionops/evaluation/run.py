@@ -13,6 +13,7 @@ import numpy as np
 from visionops import storage
 from visionops.errors import ConfigError, GateError
 from visionops.evaluation.gate import GatePolicy, decide, recall_at_target
+from visionops.onnx_runtime import as_runtime, runtime_verdicts
 
 log = logging.getLogger(__name__)
 
@@ -148,12 +149,17 @@ def evaluate(
     champion_uri: str | None = None,
     policy: GatePolicy = GatePolicy(),
     device: str = "cpu",
+    runtime: str = "torch",
 ) -> dict[str, Any]:
     """Evaluate ``bundle_uri`` on the golden set of ``dataset_uri`` and decide whether it replaces the champion.
 
     Writes ``metrics.json``, ``model_card.md``, ``model_card.html`` and ``decision.json`` (last) into
     ``output`` (a local directory or ``s3://`` prefix), writes the chosen threshold, how it was chosen and an
     evaluation summary into the bundle, and returns the decision record.
+
+    ``runtime`` names the artifact judged: ``torch`` (the weights), or an ONNX artifact of the bundle
+    (``onnx``, ``onnx-int8``), so that precision, golden figures and the ops budget are those of what will
+    serve. A non-torch verdict is kept beside the torch one (``runtime_evaluations`` in bundle.json).
     """
     from visionops.bundle import load_bundle, read_meta, update_meta
     from visionops.data.manifest import load_dataset
@@ -172,8 +178,8 @@ def evaluate(
         champion_meta = read_meta(champion_uri)
         _check_golden(champion_meta, dataset, "champion", champion_uri)
 
-    bundle = load_bundle(bundle_uri, device=device)
-    log.info("evaluating %s on golden set %s", bundle.version, dataset.golden_version)
+    bundle = as_runtime(load_bundle(bundle_uri, device=device), runtime)
+    log.info("evaluating %s (%s) on golden set %s", bundle.version, runtime, dataset.golden_version)
     summary = score_model(bundle, dataset, policy, with_report=True)
     golden = summary.pop("_golden")
     threshold = summary["threshold_choice"]["threshold"]
@@ -220,16 +226,21 @@ def evaluate(
             champion = score_model(champion_bundle, dataset, policy, with_report=False)
             champion["source"] = "evaluated now"
     record = decide(summary, champion, policy, golden_version=dataset.golden_version)
-    record.update(dataset_uri=str(dataset_uri), dataset_version=dataset.version, device=device)
+    record.update(
+        dataset_uri=str(dataset_uri), dataset_version=dataset.version, device=device, runtime=runtime
+    )
 
     metrics = _metrics_document(summary, dataset, policy, champion)
     write_reports(output, metrics, record)
-    update_meta(
-        bundle_uri,
-        threshold=threshold,
-        threshold_info=_threshold_info(summary, dataset),
-        evaluation=_evaluation_meta(summary, dataset, policy, record, output),
-    )
+    verdict = {
+        "threshold": threshold,
+        "threshold_info": _threshold_info(summary, dataset),
+        "evaluation": _evaluation_meta(summary, dataset, policy, record, output),
+    }
+    if runtime == "torch":
+        update_meta(bundle_uri, **verdict)
+    else:
+        update_meta(bundle_uri, runtime_evaluations=runtime_verdicts(meta, bundle, runtime, verdict))
     return record
 
 

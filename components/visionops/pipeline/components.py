@@ -144,14 +144,24 @@ def evaluate(
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def package(model: Input[Model], bento: Output[Artifact]):
-    """Export the blessed bundle as a Bento archive (for users who containerize it with BentoML)."""
+def package(model: Input[Model], dataset: Input[Dataset], bento: Output[Artifact]):
+    """Export the blessed bundle to ONNX (parity on the dataset's golden images) and as a Bento archive."""
+    from visionops.bundle import read_meta
     from visionops.pipeline.outputs import start_step
     from visionops.serving.package import package as package_bento
 
     start_step("package")
-    uri = package_bento(model.path, bento.path)
-    bento.metadata.update({"bento": uri, "model_version": model.metadata.get("model_version", "")})
+    uri = package_bento(model.path, bento.path, dataset_uri=dataset.path)
+    onnx = read_meta(model.path).get("onnx") or {}
+    bento.metadata.update(
+        {
+            "bento": uri,
+            "model_version": model.metadata.get("model_version", ""),
+            "onnx": onnx.get("status", "none"),
+            "onnx_reason": onnx.get("reason", ""),
+            "fastest_runtime": (onnx.get("speed") or {}).get("fastest", "torch"),
+        }
+    )
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)

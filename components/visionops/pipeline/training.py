@@ -156,7 +156,7 @@ def build_training_pipeline(settings: ClusterSettings | None = None):
         # task output inside a condition (kfp 2.17), and the cluster reads it the same way.
         with dsl.If(evaluate_task.outputs["Output"] == True, name="model-blessed"):  # noqa: E712
             candidate = evaluate_task.outputs["candidate"]
-            package_task = _configure(package_op(model=candidate), "package", settings)
+            package_task = _configure(package_op(model=candidate, dataset=dataset), "package", settings)
             _configure(
                 deploy_op(
                     model=candidate,

@@ -68,11 +68,20 @@ def package_command(
     output: str = typer.Argument(
         ..., help="Where the .bento archive goes: a *.bento file, a directory or s3:// prefix."
     ),
+    dataset: str = typer.Option(
+        None, help="Dataset whose golden images prove ONNX parity (default: the bundle's training dataset)."
+    ),
+    onnx: bool = typer.Option(True, help="Export model.onnx (parity-checked, timed against PyTorch)."),
+    int8: bool = typer.Option(False, help="Also add model.int8.onnx, calibrated on training images."),
 ) -> None:
-    """Build a Bento for BUNDLE (service + model + pinned Python environment) and export the .bento archive."""
+    """Build a Bento for BUNDLE (service + model + pinned Python environment) and export the .bento archive.
+
+    First exports the model to ONNX (dynamic batch) and records parity and speed in the bundle, so the service
+    can serve with ONNX Runtime (VISIONOPS_RUNTIME).
+    """
     from visionops.serving.package import package
 
-    typer.echo(package(bundle, output))
+    typer.echo(package(bundle, output, dataset_uri=dataset, onnx=onnx, int8=int8))
 
 
 def register(app: typer.Typer) -> None:

@@ -69,15 +69,33 @@ def _stage(bundle_uri: str, root: Path) -> None:
         raise StorageError(f"copying the bundle {bundle_uri} into the Bento lost {MARKER}")
 
 
-def package(bundle_uri: str, output: str) -> str:
+def package(
+    bundle_uri: str,
+    output: str,
+    *,
+    dataset_uri: str | None = None,
+    onnx: bool = True,
+    int8: bool = False,
+) -> str:
     """Build a Bento serving ``bundle_uri`` and export it as a ``.bento`` archive to ``output``.
 
     ``output`` is a file name ending in ``.bento`` or a directory / s3:// prefix (the archive is then named
     ``visionops-classifier-<model_version>.bento``). Returns the archive's URI.
+
+    With ``onnx`` (the default) the model is first exported to ONNX, checked for parity on the golden images
+    of ``dataset_uri`` (default: the dataset in the bundle's lineage) and timed against PyTorch; ``int8`` adds a
+    quantized graph calibrated on the training images (served only once the gate has blessed it). See
+    :func:`visionops.onnx_runtime.export_bundle`: a failed export is reported and serving stays on PyTorch.
     """
     import bentoml
 
     from visionops.bundle import read_meta
+
+    if onnx:
+        from visionops.onnx_runtime import export_bundle
+
+        report = export_bundle(bundle_uri, dataset_uri, int8=int8)
+        log.info("ONNX export %s: %s", report.get("status"), report.get("reason") or report.get("parity"))
 
     meta = read_meta(bundle_uri)
     version = meta["model_version"]

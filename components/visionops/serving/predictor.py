@@ -14,6 +14,8 @@ from typing import Any
 
 from visionops.errors import ImageError
 from visionops.images import ImageLimits, PixelBudget, decode_image
+from visionops.onnx_runtime import softmax
+from visionops.serving.runtime import Runtime, gated_threshold, load_runtime
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +56,20 @@ class Outputs:
 class Predictor:
     """A loaded bundle plus the serving decision rule (threshold, possibly overridden) and input limits."""
 
-    def __init__(self, bundle, *, threshold: float | None = None, limits: ImageLimits | None = None) -> None:
+    def __init__(
+        self,
+        bundle,
+        *,
+        threshold: float | None = None,
+        limits: ImageLimits | None = None,
+        runtime: Runtime | None = None,
+    ) -> None:
         if threshold is not None:
             # The override replaces the bundle's threshold for this process only; the bundle is untouched.
             bundle.meta = {**bundle.meta, "threshold": float(threshold)}
         self.bundle = bundle
         self.limits = limits or ImageLimits()
+        self.runtime = runtime or Runtime("torch", "default")
         self._features = _features_module()
 
     @classmethod
@@ -70,11 +80,25 @@ class Predictor:
         threshold: float | None = None,
         limits: ImageLimits | None = None,
         device: str = "auto",
+        runtime: str = "auto",
+        threads: int | None = None,
     ) -> Predictor:
-        """Load the bundle at ``uri`` (local or s3://, downloaded once) on ``device``."""
+        """Load the bundle at ``uri`` (local or s3://, downloaded once) on ``device`` and open the runtime that
+        serves it (``runtime``: auto, torch, onnx, onnx-int8; see :mod:`visionops.serving.runtime`).
+
+        ONNX Runtime serves on CPU only: on a GPU device ``auto`` keeps torch.
+        """
         from visionops.bundle import load_bundle
 
-        return cls(load_bundle(uri, device=resolve_device(device)), threshold=threshold, limits=limits)
+        device = resolve_device(device)
+        bundle = load_bundle(uri, device=device)
+        if device != "cpu" and runtime == "auto":
+            chosen = Runtime("torch", f"auto: torch on {device}", requested=runtime)
+        else:
+            chosen = load_runtime(bundle, runtime, threads=threads)
+        if threshold is None:  # an int8 artifact decides at the threshold the gate chose on its own outputs
+            threshold = gated_threshold(bundle.meta, chosen.name)
+        return cls(bundle, threshold=threshold, limits=limits, runtime=chosen)
 
     # -- what the answers carry -------------------------------------------------------------------------------
     @property
@@ -108,7 +132,14 @@ class Predictor:
         return self.bundle.transform(image)
 
     def infer(self, batch) -> Outputs:
-        """A batch tensor (N, C, H, W) -> probabilities and (when the drift features exist) embeddings."""
+        """A batch tensor (N, C, H, W) -> probabilities and (when the drift features exist) embeddings.
+
+        With an ONNX runtime both come from the graph's one forward pass (it outputs logits and embeddings).
+        """
+        if self.runtime.model is not None:
+            logits, embeddings = self.runtime.model.outputs(batch)
+            probs = softmax(logits).astype("float32")
+            return Outputs(probs, embeddings if self._features is not None else None)
         if self._features is not None:
             probs, embeddings = self._features.model_outputs(self.bundle, batch)
             return Outputs(probs, embeddings)

@@ -42,6 +42,7 @@ from starlette.datastructures import UploadFile
 from visionops.auth import MAX_REQUEST_ID_CHARS, AuthError, ControlAuth
 from visionops.errors import ImageError, PayloadTooLarge, RequestError, UnsupportedMediaType
 from visionops.images import ImageLimits
+from visionops.onnx_runtime import cpu_limit_threads
 from visionops.serving import bundled_model_uri
 from visionops.serving.capture import PayloadCapture
 from visionops.serving.emitter import DROP_REASONS
@@ -218,15 +219,23 @@ class VisionOpsClassifier:
     def __init__(self) -> None:
         self.settings = ServingSettings.from_env()
         self.auth = ControlAuth()  # request-id signing and the reviewer token of /feedback
-        if self.settings.torch_threads:
-            torch.set_num_threads(self.settings.torch_threads)
+        # bentoml leaves the root logger at WARNING: the start-up line (model, runtime, threads) is INFO.
+        logging.getLogger("visionops").setLevel(logging.INFO)
+        # The container's CPU limit, not the host's cores: more threads than the quota only get throttled.
+        threads = self.settings.torch_threads or cpu_limit_threads()
+        torch.set_num_threads(threads)
         limits = ImageLimits(
             max_bytes=self.settings.max_image_bytes, max_pixels=self.settings.max_image_pixels
         )
         uri = self.settings.model_uri or bundled_model_uri() or self.settings.require_model()
         started = time.perf_counter()
         self.predictor = Predictor.load(
-            uri, threshold=self.settings.threshold, limits=limits, device=self.settings.device
+            uri,
+            threshold=self.settings.threshold,
+            limits=limits,
+            device=self.settings.device,
+            runtime=self.settings.runtime,
+            threads=threads,
         )
         self.metrics = serving_metrics()
         self.metrics.model_info.labels(self.predictor.version, self.predictor.architecture).set(1)
@@ -249,11 +258,14 @@ class VisionOpsClassifier:
         self._dispatch = None
         self._warm_up()
         log.info(
-            "serving model %s (%s) from %s, threshold %.4f, loaded in %.1fs",
+            "serving model %s (%s) from %s, threshold %.4f, runtime %s (%s), %d threads, loaded in %.1fs",
             self.predictor.version,
             self.predictor.architecture,
             uri,
             self.predictor.threshold,
+            self.predictor.runtime.name,
+            self.predictor.runtime.reason,
+            threads,
             time.perf_counter() - started,
         )
         self._ready = True

@@ -113,13 +113,20 @@ class ServingSettings(Settings):
         check=_is_device,
         must="must be auto, cpu, cuda or cuda:N",
     )
-    #: torch intra-op threads; 0 = torch's default (all host cores, which oversubscribes a CPU-limited pod).
+    #: torch and ONNX Runtime intra-op threads; 0 = the container's CPU limit (cgroup cpu.max), never the host's
+    #: cores (more threads than the quota only get throttled).
     torch_threads: int = setting(
         0,
-        "torch intra-op threads (0 = torch's default).",
+        "torch and ONNX Runtime intra-op threads (0 = the container's CPU limit).",
         env="VISIONOPS_TORCH_THREADS",
         check=lambda v: v >= 0,
-        must="must be >= 0 (0 = torch's default)",
+        must="must be >= 0 (0 = the container's CPU limit)",
+    )
+    runtime: str = setting(
+        "auto",
+        "auto (the fastest measured at package time), torch, onnx, onnx-int8.",
+        env="VISIONOPS_RUNTIME",
+        choices=("auto", "torch", "onnx", "onnx-int8"),
     )
 
     def require_model(self) -> str:
