@@ -128,6 +128,51 @@ def test_cli_validate_passes_and_fails(clean_ds, tmp_path):
     assert (tmp_path / "bad" / "validation.json").is_file()  # the report is written before failing
 
 
+def test_cli_options_are_the_policy_fields(clean_ds, tmp_path):
+    """Every ValidationPolicy field is an option; the policy recorded in validation.json is what was typed."""
+    from dataclasses import fields
+
+    from typer.testing import CliRunner
+    from visionops.cli import app
+    from visionops.errors import ConfigError
+
+    runner = CliRunner()
+    help_text = runner.invoke(app, ["data", "validate", "--help"], env={"COLUMNS": "200"}).output
+    for flag in (
+        "--min-per-class",
+        "--allow-leakage",
+        "--allow-conflicts",
+        "--fail-on-slices",
+        "--dominance",
+        "--label-column",
+        "--slice-alpha",
+        "--workers",
+    ):
+        assert flag in help_text
+    assert len(fields(ValidationPolicy)) == 14  # a new field gets an option without touching the CLI
+    args = [
+        "data",
+        "validate",
+        clean_ds,
+        "--output",
+        str(tmp_path / "r"),
+        "--allow-leakage",
+        "--dominance",
+        "0.8",
+        "--label-column",
+        "eyewear",
+        "--label-column",
+        "hat",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    recorded = json.loads((tmp_path / "r" / "validation.json").read_text())["policy"]
+    assert recorded["fail_on_leakage"] is False and recorded["fail_on_conflicts"] is True
+    assert recorded["dominance_share"] == 0.8 and recorded["label_columns"] == ["eyewear", "hat"]
+    bad = runner.invoke(app, ["data", "validate", clean_ds, "--dominance", "1.5"])
+    assert isinstance(bad.exception, ConfigError) and "must be in (0, 1]" in str(bad.exception)
+
+
 @pytest.mark.slow
 def test_cli_exit_status_and_message(clean_ds, tmp_path):
     """Through the real entry point: a hard failure exits non-zero with the message on stderr."""

@@ -181,3 +181,25 @@ def test_s3_settings_read_aliases_keep_the_secret_out_of_repr_and_name_a_bad_end
     assert S3Settings.from_env({}).url == "https://s3.amazonaws.com"
     with pytest.raises(ConfigError, match="S3_ENDPOINT_URL is not an http"):
         S3Settings.from_env({"S3_ENDPOINT_URL": "ftp://minio:21"})
+
+
+def test_process_and_torchrun_variables_go_through_settings():
+    """The variables every process reads (log level, image, commit) and torchrun's are parsed and checked by
+    the one mechanism: a bad value names its variable."""
+    from visionops.settings import ProcessSettings
+    from visionops.training.distributed import LaunchSettings
+
+    assert ProcessSettings.from_env({}).log_level == "INFO"
+    assert ProcessSettings.from_env({"VISIONOPS_LOG_LEVEL": "debug"}).log_level == "DEBUG"
+    with pytest.raises(ConfigError, match="VISIONOPS_LOG_LEVEL 'CHATTY' unknown"):
+        ProcessSettings.from_env({"VISIONOPS_LOG_LEVEL": "chatty"})
+    image = ProcessSettings.env_values({"VISIONOPS_IMAGE": "registry.internal/visionops:rc1"})
+    assert image == {"image": "registry.internal/visionops:rc1"}
+    launch = LaunchSettings.from_env(
+        {"WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "29500"}
+    )
+    assert (launch.world_size, launch.rank, launch.local_rank, launch.master_port) == (2, 1, 0, "29500")
+    with pytest.raises(ConfigError, match="WORLD_SIZE='two' is not a valid int"):
+        LaunchSettings.from_env({"WORLD_SIZE": "two"})
+    with pytest.raises(ConfigError, match="WORLD_SIZE must be >= 1"):
+        LaunchSettings.from_env({"WORLD_SIZE": "0"})

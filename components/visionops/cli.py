@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import sys
 
 import typer
 
 from visionops import __version__
 from visionops.errors import VisionOpsError
+from visionops.settings import ProcessSettings
 
 app = typer.Typer(
     name="visionops",
@@ -54,7 +54,7 @@ def main(
 ) -> None:
     """VisionOps: a Kubeflow Pipelines component suite for image classification (safety glasses by default)."""
     logging.basicConfig(
-        level=logging.DEBUG if verbose else getattr(logging, os.environ.get("VISIONOPS_LOG_LEVEL", "INFO")),
+        level=logging.DEBUG if verbose else ProcessSettings.from_env().log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
 

@@ -44,6 +44,12 @@ class MalformedRequest(RequestError):
     http_status = 422
 
 
+class RequestTimeout(RequestError):
+    """A request body that did not arrive within the service's socket timeout (shorter than its Content-Length)."""
+
+    http_status = 408
+
+
 class PayloadTooLarge(RequestError):
     """A request or one of its parts is over a size limit (bytes, images per request, pixels)."""
 

@@ -267,6 +267,27 @@ def check_value(f, value: Any) -> None:
         raise ConfigError(f"{label} {spec.must or 'is out of range'}, got {value!r}")
 
 
+# -- settings every process shares -----------------------------------------------------------------------------
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+@dataclass(frozen=True)
+class ProcessSettings(Settings):
+    """What any visionops process (the CLI, a pipeline step) reads from its environment besides its role's
+    settings: the log level, the image pipeline steps run, the commit of the code (images built without .git).
+    """
+
+    kind: ClassVar[str] = "process settings"
+
+    log_level: str = setting(
+        "INFO", "Log level.", env="VISIONOPS_LOG_LEVEL", choices=_LOG_LEVELS, parse=str.upper, cli=False
+    )
+    image: str = setting(
+        "", "Image of every pipeline step (empty: visionops.DEFAULT_IMAGE).", env="VISIONOPS_IMAGE", cli=False
+    )
+    git_commit: str = setting("", "The code's git commit.", env="VISIONOPS_GIT_COMMIT", cli=False)
+
+
 # -- the command line -------------------------------------------------------------------------------------------
 def _flag(f) -> str:
     return "--" + f.name.replace("_", "-")

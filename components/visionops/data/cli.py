@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from visionops.settings import argument, option, options_command
+
 data_app = typer.Typer(
     help="Datasets: synthetic data, ingestion into a versioned manifest, validation.", no_args_is_help=True
 )
@@ -109,44 +111,12 @@ def ingest_command(
     typer.echo(f"report: {ds.uri.rstrip('/')}/{REPORT}")
 
 
-@data_app.command("validate")
-def validate_command(
-    manifest: str = typer.Argument(..., help="Dataset directory (or its manifest.csv), local or s3://."),
-    output: str | None = typer.Option(
-        None, "--output", help="Where to write the reports (default: <dataset>/validation)."
-    ),
-    min_per_class: int = typer.Option(10, "--min-per-class", help="Fail when a class has fewer images."),
-    allow_leakage: bool = typer.Option(
-        False, "--allow-leakage", help="Warn instead of failing on leakage across splits."
-    ),
-    allow_conflicts: bool = typer.Option(
-        False, "--allow-conflicts", help="Warn instead of failing on label conflicts."
-    ),
-    fail_on_slices: bool = typer.Option(
-        False, "--fail-on-slices", help="Fail (not just warn) on slices where one label dominates."
-    ),
-    dominance: float = typer.Option(
-        0.9, "--dominance", help="Share of one label that makes a slice dominated."
-    ),
-    label_column: list[str] = typer.Option(
-        ["eyewear"],
-        "--label-column",
-        help="Metadata column that describes the label itself (not checked "
-        "for dominance); repeat for several.",
-    ),
-) -> None:
+def _validate(ctx: typer.Context, options: dict, *, manifest: str, output: str | None) -> None:
     """Validate a dataset: counts, balance, sizes, pixels, duplicates, leakage, quarantine, slice coverage."""
     from visionops import storage
     from visionops.data.validate import ValidationPolicy, validate
 
-    policy = ValidationPolicy(
-        min_images_per_class=min_per_class,
-        fail_on_leakage=not allow_leakage,
-        fail_on_conflicts=not allow_conflicts,
-        fail_on_dominated_slices=fail_on_slices,
-        dominance_share=dominance,
-        label_columns=tuple(label_column),
-    )
+    policy = ValidationPolicy.from_dict(options)
     dataset = manifest.removesuffix("/manifest.csv")
     report = validate(dataset, output or storage.join(dataset, "validation"), policy=policy)
     st = report.stats
@@ -165,6 +135,24 @@ def validate_command(
     report.raise_for_failures()
 
 
+def _validate_command():
+    """``visionops data validate``: one option per ValidationPolicy field (:func:`options_command`)."""
+    from visionops.data.validate import ValidationPolicy
+
+    before = [argument("manifest", str, help="Dataset directory (or its manifest.csv), local or s3://.")]
+    after = [
+        option(
+            "output",
+            str | None,
+            None,
+            "--output",
+            help="Where to write the reports (default: <dataset>/validation).",
+        )
+    ]
+    return options_command(ValidationPolicy, _validate, before=before, after=after)
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``data`` command group to the root CLI."""
+    data_app.command("validate")(_validate_command())
     app.add_typer(data_app, name="data")

@@ -34,36 +34,23 @@ from typing import Any, ClassVar
 from visionops.auth import ControlAuth
 from visionops.drift.monitor import Monitor
 from visionops.drift.settings import MonitorSettings
-from visionops.errors import ConfigError, VisionOpsError
+from visionops.errors import (
+    ConfigError,
+    LengthRequired,
+    MalformedRequest,
+    PayloadTooLarge,
+    RequestError,
+    RequestTimeout,
+    VisionOpsError,
+)
 
 log = logging.getLogger(__name__)
 
 
-class RequestError(Exception):
-    """A request the handler refuses itself (bad body, too large), with its HTTP status."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.http_status, self.detail = int(status), detail
-
-
-# LOCAL STAND-IN (issue 15): HTTP status by exception type, most specific first. When visionops.errors gives
-# its error types an ``http_status`` attribute, status_for() reads that attribute and this table goes.
-_STATUS_BY_ERROR: tuple[tuple[type[Exception], int], ...] = (
-    (ConfigError, HTTPStatus.UNPROCESSABLE_ENTITY),  # a malformed payload (e.g. an Alertmanager webhook)
-    (VisionOpsError, HTTPStatus.UNPROCESSABLE_ENTITY),
-)
-
-
 def status_for(exc: Exception) -> int:
-    """The HTTP status of an error raised while handling a request: its own ``http_status`` or its type's."""
-    own = getattr(exc, "http_status", None)
-    if own is not None:
-        return int(own)
-    for kind, status in _STATUS_BY_ERROR:
-        if isinstance(exc, kind):
-            return int(status)
-    return int(HTTPStatus.INTERNAL_SERVER_ERROR)
+    """The HTTP status of an error raised while handling a request: its ``http_status`` (a RequestError's type
+    or an AuthError's 401/403); anything else is the server's fault (500)."""
+    return int(getattr(exc, "http_status", None) or HTTPStatus.INTERNAL_SERVER_ERROR)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -101,33 +88,27 @@ class _Handler(BaseHTTPRequestHandler):
         settings = self.monitor.settings
         if self.headers.get("Transfer-Encoding"):
             self.close_connection = True
-            raise RequestError(
-                HTTPStatus.LENGTH_REQUIRED, "send the body with a Content-Length (no chunking)"
-            )
+            raise LengthRequired("send the body with a Content-Length (no chunking)")
         declared = (self.headers.get("Content-Length") or "0").strip()
         if not declared.isdigit():
             self.close_connection = True
-            raise RequestError(HTTPStatus.BAD_REQUEST, f"Content-Length {declared[:40]!r} is not a number")
+            raise RequestError(f"Content-Length {declared[:40]!r} is not a number")
         length = int(declared)
         if length > settings.max_body_bytes:
             self.close_connection = True  # the body is never read: the connection cannot be reused
-            raise RequestError(
-                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+            raise PayloadTooLarge(
                 f"body of {length} bytes is over the limit of {settings.max_body_bytes} bytes",
             )
         try:
             raw = self.rfile.read(length)
         except TimeoutError as exc:
             self.close_connection = True
-            raise RequestError(
-                HTTPStatus.REQUEST_TIMEOUT,
+            raise RequestTimeout(
                 f"the body did not arrive within {self.timeout:g}s (is Content-Length {length} right?)",
             ) from exc
         if len(raw) < length:
             self.close_connection = True
-            raise RequestError(
-                HTTPStatus.BAD_REQUEST, f"body of {len(raw)} bytes; Content-Length said {length}"
-            )
+            raise RequestError(f"body of {len(raw)} bytes; Content-Length said {length}")
         return parse_json(raw, settings.max_json_depth)
 
     def do_GET(self) -> None:
@@ -185,8 +166,11 @@ class _Handler(BaseHTTPRequestHandler):
                     self.close_connection = True
                     raise
             route(self, self._body())
-        except (RequestError, VisionOpsError) as exc:
-            self._json(status_for(exc), {"detail": str(exc)})
+        except VisionOpsError as exc:
+            if getattr(exc, "http_status", None) is None:  # not the client's fault: logged, answered 500
+                self._internal_error()
+            else:
+                self._json(status_for(exc), {"detail": str(exc)})
         except Exception:
             self._internal_error()
 
@@ -194,10 +178,9 @@ class _Handler(BaseHTTPRequestHandler):
         m = self.monitor
         rows = body.get("rows") if isinstance(body, dict) else None
         if not isinstance(rows, list):
-            raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY, 'expected {"rows": [feature rows]}')
+            raise MalformedRequest('expected {"rows": [feature rows]}')
         if len(rows) > m.settings.max_rows_per_request:
-            raise RequestError(
-                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+            raise PayloadTooLarge(
                 f"{len(rows)} rows in one request; at most {m.settings.max_rows_per_request}",
             )
         accepted, bad = m.ingest(rows)
@@ -210,8 +193,7 @@ class _Handler(BaseHTTPRequestHandler):
         m = self.monitor
         items = body.get("labels", [body]) if isinstance(body, dict) else None
         if not isinstance(items, list):
-            raise RequestError(
-                HTTPStatus.UNPROCESSABLE_ENTITY,
+            raise MalformedRequest(
                 'expected {"request_id": ..., "label": ...} or {"labels": [...]}',
             )
         matched, problems = m.feedback(items, self.auth)
@@ -249,15 +231,15 @@ def parse_json(raw: bytes, max_depth: int) -> Any:
     try:
         value = json.loads(raw or b"null")
     except RecursionError as exc:
-        raise RequestError(HTTPStatus.BAD_REQUEST, f"JSON nested deeper than {max_depth} levels") from exc
+        raise RequestError(f"JSON nested deeper than {max_depth} levels") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RequestError(HTTPStatus.BAD_REQUEST, f"body is not JSON: {exc}") from exc
+        raise RequestError(f"body is not JSON: {exc}") from exc
     stack = [(value, 1)]
     while stack:
         node, depth = stack.pop()
         if isinstance(node, dict | list):
             if depth > max_depth:
-                raise RequestError(HTTPStatus.BAD_REQUEST, f"JSON nested deeper than {max_depth} levels")
+                raise RequestError(f"JSON nested deeper than {max_depth} levels")
             children = node.values() if isinstance(node, dict) else node
             stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
     return value

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from visionops.drift.trigger_state import MAX_SOURCE_CHARS, TriggerState
-from visionops.errors import ConfigError, VisionOpsError
+from visionops.errors import ConfigError, MalformedRequest, VisionOpsError
 
 log = logging.getLogger(__name__)
 
@@ -176,17 +176,17 @@ class RetrainTrigger:
     def handle_alertmanager(self, payload: dict) -> list[dict]:
         """An Alertmanager webhook payload: firing alerts raise ``alert:<alertname>``, resolved ones clear it."""
         if not isinstance(payload, dict) or not isinstance(payload.get("alerts"), list):
-            raise ConfigError(
+            raise MalformedRequest(
                 "not an Alertmanager webhook payload: expected a JSON object with an 'alerts' list"
             )
         results = []
         for alert in payload["alerts"]:
             if not isinstance(alert, dict):
-                raise ConfigError("each alert in the Alertmanager payload must be a JSON object")
+                raise MalformedRequest("each alert in the Alertmanager payload must be a JSON object")
             labels = alert.get("labels") or {}
             name = str(labels.get("alertname", "unnamed"))
             if len(name) > MAX_SOURCE_CHARS - len("alert:"):
-                raise ConfigError(f"alertname of {len(name)} characters; at most {MAX_SOURCE_CHARS - 6}")
+                raise MalformedRequest(f"alertname of {len(name)} characters; at most {MAX_SOURCE_CHARS - 6}")
             status = alert.get("status") or payload.get("status")
             if status == "firing":
                 summary = (alert.get("annotations") or {}).get("summary") or name
@@ -195,5 +195,7 @@ class RetrainTrigger:
                 self.clear(f"alert:{name}")
                 results.append({"source": f"alert:{name}", "outcome": "cleared"})
             else:
-                raise ConfigError(f"alert {name!r} has status {status!r}; expected 'firing' or 'resolved'")
+                raise MalformedRequest(
+                    f"alert {name!r} has status {status!r}; expected 'firing' or 'resolved'"
+                )
         return results

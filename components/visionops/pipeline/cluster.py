@@ -17,7 +17,10 @@ ignores all of it):
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from visionops import policy
 from visionops.errors import ConfigError
@@ -190,3 +193,17 @@ def gpu_placement(task, gpu_count, settings: ClusterSettings):
         task, volume_name="dshm", mount_path="/dev/shm", medium="Memory", size_limit=settings.shm_size
     )
     return task
+
+
+def default_pipeline_getattr(module: str, attribute: str, build: Callable[[], Any]) -> Callable[[str], Any]:
+    """A module ``__getattr__`` whose ``attribute`` is ``build()`` (the pipeline with default settings), built
+    on first access and then kept on the module: importing a pipeline module builds nothing."""
+
+    def __getattr__(name: str) -> Any:
+        if name == attribute:
+            value = build()
+            setattr(sys.modules[module], name, value)
+            return value
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+    return __getattr__

@@ -8,13 +8,11 @@ every pipeline; ``experiment_analysis_pipeline`` is the one with the defaults (b
 No ``from __future__ import annotations`` here: KFP reads the real annotation objects.
 """
 
-from typing import Any
-
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Metrics, Output
 
 from visionops import policy
-from visionops.pipeline.cluster import ClusterSettings, configure_task, with_image
+from visionops.pipeline.cluster import ClusterSettings, configure_task, default_pipeline_getattr, with_image
 from visionops.pipeline.image import IMAGE
 
 PIPELINE_NAME = "visionops-experiment-analysis"
@@ -99,10 +97,7 @@ def build_experiment_analysis_pipeline(settings: ClusterSettings | None = None):
     return experiment_analysis_pipeline
 
 
-def __getattr__(name: str) -> Any:
-    """``experiment_analysis_pipeline``: built with the default settings on first access (not at import)."""
-    if name == "experiment_analysis_pipeline":
-        pipeline = build_experiment_analysis_pipeline()
-        globals()[name] = pipeline
-        return pipeline
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+#: ``experiment_analysis_pipeline``: built with the default settings on first access (not at import).
+__getattr__ = default_pipeline_getattr(
+    __name__, "experiment_analysis_pipeline", build_experiment_analysis_pipeline
+)

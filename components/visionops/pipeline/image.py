@@ -7,11 +7,11 @@ the only thing this module does on import.
 
 from __future__ import annotations
 
-import os
-
 from visionops import DEFAULT_IMAGE
+from visionops.settings import ProcessSettings
 
-#: The image baked into every component at import time of ``visionops.pipeline.components``.
-IMAGE: str = os.environ.get("VISIONOPS_IMAGE") or DEFAULT_IMAGE
+#: The image baked into every component at import time of ``visionops.pipeline.components`` (only the image
+#: variable is read: a bad log level must not break compiling).
+IMAGE: str = ProcessSettings.env_values().get("image") or DEFAULT_IMAGE
 
 __all__ = ["DEFAULT_IMAGE", "IMAGE"]

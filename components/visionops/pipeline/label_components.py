@@ -13,12 +13,10 @@ first access, not at import).
 No ``from __future__ import annotations`` here: KFP reads the real annotation objects.
 """
 
-from typing import Any
-
 from kfp import dsl
 from kfp.dsl import Artifact, Metrics, Output
 
-from visionops.pipeline.cluster import ClusterSettings, configure_task, with_image
+from visionops.pipeline.cluster import ClusterSettings, configure_task, default_pipeline_getattr, with_image
 from visionops.pipeline.image import IMAGE
 
 PIPELINE_NAME = "visionops-weekly-review"
@@ -106,10 +104,5 @@ def build_weekly_review_pipeline(settings: ClusterSettings | None = None):
     return weekly_review_pipeline
 
 
-def __getattr__(name: str) -> Any:
-    """``weekly_review_pipeline``: built with the default settings on first access (not at import)."""
-    if name == "weekly_review_pipeline":
-        pipeline = build_weekly_review_pipeline()
-        globals()[name] = pipeline
-        return pipeline
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+#: ``weekly_review_pipeline``: built with the default settings on first access (not at import).
+__getattr__ = default_pipeline_getattr(__name__, "weekly_review_pipeline", build_weekly_review_pipeline)

@@ -116,10 +116,11 @@ def read_json(path: str | Path) -> dict[str, Any]:
 def start_step(name: str) -> None:
     """Log lines from the library show in the step's log (KFP UI "Logs" tab / the local console)."""
     import logging
-    import os
+
+    from visionops.settings import ProcessSettings
 
     logging.basicConfig(
-        level=os.environ.get("VISIONOPS_LOG_LEVEL", "INFO"),
+        level=ProcessSettings.from_env().log_level,
         format=f"%(asctime)s %(levelname)s [{name}] %(name)s: %(message)s",
         force=True,
     )

@@ -30,6 +30,7 @@ from visionops.pipeline.cluster import (  # noqa: F401 -- re-exported: the train
     SECRET_KEYS,
     ClusterSettings,
     configure_task,
+    default_pipeline_getattr,
     gpu_placement,
     parse_node_selector,
     parse_toleration,
@@ -173,13 +174,8 @@ def build_training_pipeline(settings: ClusterSettings | None = None):
     return training_pipeline
 
 
-def __getattr__(name: str) -> Any:
-    """``training_pipeline``: the pipeline with default settings, built on first access (not at import)."""
-    if name == "training_pipeline":
-        pipeline = build_training_pipeline()
-        globals()[name] = pipeline
-        return pipeline
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+#: ``training_pipeline``: built with the default settings on first access (not at import).
+__getattr__ = default_pipeline_getattr(__name__, "training_pipeline", build_training_pipeline)
 
 
 def pipeline_parameters(pipeline=None) -> dict[str, tuple[str, Any]]:

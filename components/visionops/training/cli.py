@@ -83,9 +83,9 @@ def _run(
 
 
 def _is_main_process() -> bool:
-    import os
+    from visionops.training.distributed import LaunchSettings
 
-    return os.environ.get("RANK", "0") == "0"
+    return LaunchSettings.from_env().rank == 0
 
 
 def _build_command():

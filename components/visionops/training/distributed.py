@@ -8,11 +8,11 @@ Backends: ``nccl`` on CUDA, ``gloo`` on CPU.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from visionops.errors import ConfigError
+from visionops.settings import Settings, setting
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +39,23 @@ class Runtime:
         return self.device.type == "cuda"
 
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name, "")
-    try:
-        return int(value) if value else default
-    except ValueError as exc:
-        raise ConfigError(f"environment variable {name}={value!r} is not an integer") from exc
+@dataclass(frozen=True)
+class LaunchSettings(Settings):
+    """The variables torchrun (or a PyTorchJob) sets for each process: its contract, not ours."""
+
+    kind: ClassVar[str] = "torchrun environment"
+
+    world_size: int = setting(
+        1, "Processes in the job.", env="WORLD_SIZE", check=lambda v: v >= 1, must="must be >= 1", cli=False
+    )
+    rank: int = setting(
+        0, "This process's rank.", env="RANK", check=lambda v: v >= 0, must="must be >= 0", cli=False
+    )
+    local_rank: int = setting(
+        0, "Rank on this node.", env="LOCAL_RANK", check=lambda v: v >= 0, must="must be >= 0", cli=False
+    )
+    master_addr: str = setting("", "Rendezvous host.", env="MASTER_ADDR", cli=False)
+    master_port: str = setting("", "Rendezvous port.", env="MASTER_PORT", cli=False)
 
 
 def resolve_device(requested: str, local_rank: int = 0):
@@ -65,13 +76,12 @@ def setup(requested_device: str) -> Runtime:
     """Initialise the process group when launched by torchrun (WORLD_SIZE > 1) and pick the device."""
     import torch.distributed as dist
 
-    world_size = _env_int("WORLD_SIZE", 1)
-    rank = _env_int("RANK", 0)
-    local_rank = _env_int("LOCAL_RANK", 0)
+    launch = LaunchSettings.from_env()
+    world_size, rank, local_rank = launch.world_size, launch.rank, launch.local_rank
     device = resolve_device(requested_device, local_rank)
     if world_size > 1 and not dist.is_initialized():
-        for name in ("MASTER_ADDR", "MASTER_PORT"):
-            if not os.environ.get(name):
+        for name, value in (("MASTER_ADDR", launch.master_addr), ("MASTER_PORT", launch.master_port)):
+            if not value:
                 raise ConfigError(f"WORLD_SIZE={world_size} but {name} is not set; launch with torchrun")
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size)

@@ -61,10 +61,11 @@ def default_checkpoint_dir(output_uri: str) -> str:
 
 def git_commit() -> str | None:
     """The code's git commit (env ``VISIONOPS_GIT_COMMIT`` in images built without .git), or None."""
-    import os
+    from visionops.settings import ProcessSettings
 
-    if os.environ.get("VISIONOPS_GIT_COMMIT"):
-        return os.environ["VISIONOPS_GIT_COMMIT"]
+    commit = ProcessSettings.env_values().get("git_commit")
+    if commit:
+        return commit
     try:
         out = subprocess.run(
             ["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"],
