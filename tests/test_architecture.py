@@ -266,6 +266,7 @@ BATCH_SCORING = "visionops.bundle"
 INFERENCE_ELSEWHERE = {
     "visionops.training.loop": "validation epochs over the training DataLoader (tensors, not URIs)",
     "visionops.evaluation.ops": "latency, throughput and memory benchmarks of one forward pass",
+    "visionops.onnx_runtime": "the PyTorch side of ONNX parity and package-time speed on tensor batches",
 }
 
 #: Literal policy values that still appear outside POLICY, with the reason (None: none may).

@@ -27,6 +27,7 @@ FIRST_PARTY = {"visionops"}
 #: Declared but never imported by name: what each is for at run time.
 RUNTIME_ONLY = {
     "uv": "bentoml build calls the uv binary (and pip-installs it on first use, which fails offline)",
+    "onnxscript": "torch.onnx's exporter (dynamo=True) imports it when visionops.onnx_runtime exports a model",
     "pyarrow": "pandas' parquet engine: drift/reference.parquet is written and read through pandas",
 }
 
