@@ -114,11 +114,11 @@ make_base() {
 
 # A fingerprint of everything the build reads: the build settings, the Dockerfile and the build context. The
 # image carries it as the label visionops.source, so a build from unchanged inputs is skipped and the image
-# tests can tell a stale image.
+# tests can tell a stale image. README.md is left out: the image uses it only as the package's description.
 source_hash() {
     {
         echo "TORCH=$TORCH BASE_IMAGE=${BASE_IMAGE:-}"
-        cat Dockerfile .dockerignore constraints.txt pyproject.toml README.md
+        cat Dockerfile .dockerignore constraints.txt pyproject.toml
         find components -type f ! -path '*/__pycache__/*' ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum
     } | sha256sum | cut -c1-16
 }
