@@ -119,7 +119,9 @@ source_hash() {
     {
         echo "TORCH=$TORCH BASE_IMAGE=${BASE_IMAGE:-}"
         cat Dockerfile .dockerignore constraints.txt pyproject.toml
-        find components -type f ! -path '*/__pycache__/*' ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum
+        # not the egg-info that `pip wheel .` (the wheelhouse) writes into components/
+        find components -type f ! -path '*/__pycache__/*' ! -name '*.pyc' ! -path '*.egg-info/*' -print0 |
+            sort -z | xargs -0 sha256sum
     } | sha256sum | cut -c1-16
 }
 

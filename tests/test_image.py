@@ -12,11 +12,13 @@ checkout:
   /metrics;
 - the image's ``visionops --help``, and its installed versions against constraints.txt.
 
-Two ways to start a container: buildah (vfs) mounts the image's root filesystem once per session and runc, the
-OCI runtime under containerd and the kubelet, runs each container from an OCI spec built here; or ``docker run``
-where a Docker engine answers. The containers share the host's network (the pod's network namespace in a
-cluster), so the servers listen on free ports instead of the manifests' 3000 and 8001. Skipped, with the reason,
-where no engine or no built image is present.
+Two ways to start a container: buildah (vfs) mounts the image's root filesystem and runc, the OCI runtime under
+containerd and the kubelet, runs each container from an OCI spec built here (runc's default spec changed as the
+pod spec asks); or ``docker run`` where a Docker engine answers (not exercised on the machines this was written
+on: they have none). Each emptyDir is a fresh size-limited tmpfs, group fsGroup, bind-mounted like a kubelet
+volume. The containers share the host's network (the pod's network namespace in a cluster), so the servers
+listen on free ports instead of the manifests' 3000 and 8001. Skipped, with the reason, where no engine, no
+built image or only an image built from other sources is present.
 """
 
 from __future__ import annotations
