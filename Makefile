@@ -57,7 +57,21 @@ system-deps: ## Install Prometheus, Alertmanager, promtool and Chromium from Deb
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus prometheus-alertmanager chromium >/dev/null
 
+image: ## Build the image (docker, else buildah from a debootstrapped base); prints its size and build time
+	scripts/image.sh build
+
+wheelhouse: ## Only the wheelhouse the buildah image build installs from (outside the repo, see docs/kubernetes.md)
+	scripts/image.sh wheelhouse
+
+image-deps: ## Install buildah, debootstrap and runc from Debian (root), to build and test the image without Docker
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah debootstrap runc >/dev/null
+
+test-image: $(STAMP) image ## Build the image, then start its containers as the cluster would (tests marked image)
+	$(BIN)/pytest -m image $(PYTEST_ARGS)
+
 clean: ## Remove run outputs (keeps .venv)
 	rm -rf runs .pytest_cache
 
-.PHONY: help install run test test-fast lint format compile golden demo bench system-deps clean
+.PHONY: help install run test test-fast lint format compile golden demo bench system-deps image wheelhouse \
+	image-deps test-image clean
