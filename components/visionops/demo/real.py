@@ -44,8 +44,8 @@ class RealLoopConfig(LoopConfig):
     held_out: int = 1500
     review_budget: int = 300
     extend_golden: int = 200
-    epochs: int | None = 8
-    retrain_epochs: int = 4
+    epochs: int | None = 15
+    retrain_epochs: int = 5
     window_size: int = 100
     size: int = 64
     gate: dict[str, Any] = field(default_factory=lambda: dict(DEMO_GATE))
@@ -77,6 +77,18 @@ def gate_params(prevalence: float) -> dict[str, Any]:
     from visionops.pipeline.training import pipeline_parameters
 
     return {"positive_prevalence": prevalence} if "positive_prevalence" in pipeline_parameters() else {}
+
+
+def training_labels(dataset_uri: str, output: Path) -> str:
+    """``path,label,group`` of the dataset's train/val rows: the retraining run's data, ingested with
+    ``golden=dataset_uri`` so that the (possibly extended) golden set is carried over and never trained on."""
+    from visionops.data.manifest import load_dataset
+
+    frame = load_dataset(dataset_uri).frame
+    rows = frame[frame["split"] != "test"]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    rows[["path", "label", "group"]].to_csv(output, index=False)
+    return str(output)
 
 
 def review_by_hash(review_csv: str, source: RealSource) -> int:
@@ -234,7 +246,7 @@ class RealLoop(Loop):
     def _retrain(self, source: RealSource, champion_uri: str, dataset_v1: str, prevalence: float):
         """select from capture -> prelabel -> export -> scripted review -> import -> merge (golden extended)
         -> warm start -> gate at the production prevalence against the champion."""
-        from visionops.labeling import export, import_reviews, prelabel, select, write_combined_labels
+        from visionops.labeling import export, import_reviews, prelabel, select
         from visionops.pipeline.local import run_local
 
         cfg, out, lab = self.cfg, self.out, self.out / "labeling"
@@ -254,9 +266,7 @@ class RealLoop(Loop):
         self.tl.add("data", f"dataset {merged.version}: golden {merged.golden_version} "
                             + ("extended with production photos at the production prevalence" if extended
                                else "kept (golden extension not available in this build)"), merged.uri)  # fmt: skip
-        combined = write_combined_labels(
-            dataset_v1, result.batch_uri, str(out / "data" / "retrain-labels.csv")
-        )
+        combined = training_labels(merged.uri, out / "data" / "retrain-labels.csv")
         params = {"golden_uri": merged.uri, "champion_uri": champion_uri, "warm_start": True,
                   "epochs": cfg.retrain_epochs, "image_size": cfg.size, "deploy_state_dir": str(out / "deployment"),
                   **cfg.gate, **gate_params(prevalence)}  # fmt: skip
