@@ -25,7 +25,7 @@ def source():
         pytest.skip(
             f"real photos not found at {FACES} and {STREAM} (VISIONOPS_FACES_DIR / VISIONOPS_STREAM_DIR)"
         )
-    return RealSource(FACES, STREAM, calm_count=100, traffic_count=800, held_out_count=600, seed=3)
+    return RealSource(FACES, STREAM, traffic_count=800, held_out_count=600, seed=3)
 
 
 def test_real_source_slices_are_disjoint_and_the_held_out_slice_has_the_production_share(source):

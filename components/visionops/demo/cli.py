@@ -42,6 +42,9 @@ def loop_command(
     stream_dir: Path = typer.Option(
         None, "--stream-dir", help="With --real: the production stream's folder."
     ),
+    champion: str = typer.Option(
+        None, "--champion", help="With --real: serve this bundle as the champion instead of training one."
+    ),
 ) -> None:
     """Champion -> serving + drift sidecar + Prometheus + Alertmanager -> shifted traffic -> alert -> retraining
     (warm start, reviewed shifted images) -> gate -> roll forward. Prints a timeline; exit 1 if a stage failed."""
@@ -66,7 +69,15 @@ def loop_command(
 
         changes.pop("count", None)
         changes.update(
-            {k: v for k, v in {"champion_dir": champion_dir, "stream_dir": stream_dir}.items() if v}
+            {
+                k: v
+                for k, v in {
+                    "champion_dir": champion_dir,
+                    "stream_dir": stream_dir,
+                    "champion_uri": champion,
+                }.items()
+                if v
+            }
         )
         cfg = (
             RealLoopConfig.reduced(output, **changes) if reduced else RealLoopConfig(output=output, **changes)

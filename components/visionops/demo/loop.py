@@ -345,7 +345,9 @@ class Loop:
         self.observers: list[Any] = []
 
     # processes
-    def start_serving(self, model_uri: str, monitor_url: str, tag: str, env: dict[str, str] | None = None) -> str:
+    def start_serving(
+        self, model_uri: str, monitor_url: str, tag: str, env: dict[str, str] | None = None
+    ) -> str:
         from visionops.demo.observability import free_port
 
         port = self.info.setdefault("serving_port", free_port())

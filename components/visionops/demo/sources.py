@@ -1,5 +1,5 @@
-"""Where the loop demo's images come from: a data source gives the champion's labelled data, calm traffic (the
-champion's own domain), production traffic, and a held-out slice of production that no step ever sees.
+"""Where the loop demo's images come from: a data source gives the champion's labelled data, production traffic,
+and a held-out slice of production that no step ever sees.
 
 :class:`RealSource` reads two labelled folders with a ``manifest.csv`` (``file,label,...`` plus a source column):
 the champion trains on one source of the first folder (``lfw_5590`` photos of faces-glasses); production is
@@ -50,7 +50,6 @@ class RealSource:
     positive: str = "glasses"
     #: images per role (None: all that the folder holds)
     champion_count: int | None = None
-    calm_count: int = 300
     traffic_count: int = 3000
     held_out_count: int = 1500
     seed: int = 0
@@ -82,11 +81,6 @@ class RealSource:
         """The champion's labelled photos (one source of the champion folder, balanced as it is)."""
         rows = self._rows(self.champion_dir, self.champion_subset)
         return self._slice(self.champion_dir, rows.head(self.champion_count or len(rows)))
-
-    def calm(self) -> Slice:
-        """Traffic of the champion's own source (the stream's rows of it): no drift alarm expected."""
-        rows = self._rows(self.stream_dir, self.champion_subset)
-        return self._slice(self.stream_dir, rows.head(self.calm_count))
 
     def production(self) -> tuple[Slice, Slice]:
         """(traffic, held_out): disjoint random slices of the production source at its natural prevalence.
