@@ -50,6 +50,9 @@ golden: $(STAMP) ## Regenerate the golden compiled pipeline used by the tests
 demo: $(STAMP) ## The closed loop end to end on a laptop (serving, drift, alert, retrain, roll forward)
 	$(BIN)/visionops demo loop --output runs/demo
 
+demo-real: $(STAMP) ## The closed loop on real photos (../shared/data: faces-glasses -> faces-stream net_7876)
+	$(BIN)/visionops demo loop --real --output runs/demo-real
+
 bench: $(STAMP) ## Run every benchmark in benchmarks/
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
@@ -73,5 +76,5 @@ test-image: $(STAMP) image ## Build the image, then start its containers as the 
 clean: ## Remove run outputs (keeps .venv)
 	rm -rf runs .pytest_cache
 
-.PHONY: help install run test test-fast lint format compile golden demo bench system-deps image wheelhouse \
-	image-deps test-image clean
+.PHONY: help install run test test-fast lint format compile golden demo demo-real bench system-deps image \
+	wheelhouse image-deps test-image clean

@@ -28,6 +28,7 @@ app = typer.Typer(
 STAGES = (
     "visionops.data.cli",
     "visionops.training.cli",
+    "visionops.weights.cli",
     "visionops.evaluation.cli",
     "visionops.serving.cli",
     "visionops.drift.cli",

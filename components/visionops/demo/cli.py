@@ -30,6 +30,21 @@ def loop_command(
     ),
     timeout: float = typer.Option(600.0, "--stage-timeout", help="Seconds any one stage may take."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data, the splits and training."),
+    real: bool = typer.Option(
+        False,
+        "--real",
+        help="Real photos: champion on faces-glasses lfw_5590, production = faces-stream net_7876.",
+    ),
+    reduced: bool = typer.Option(False, "--reduced", help="With --real: the test's smaller scale."),
+    champion_dir: Path = typer.Option(
+        None, "--champion-dir", help="With --real: the champion's labelled folder."
+    ),
+    stream_dir: Path = typer.Option(
+        None, "--stream-dir", help="With --real: the production stream's folder."
+    ),
+    champion: str = typer.Option(
+        None, "--champion", help="With --real: serve this bundle as the champion instead of training one."
+    ),
 ) -> None:
     """Champion -> serving + drift sidecar + Prometheus + Alertmanager -> shifted traffic -> alert -> retraining
     (warm start, reviewed shifted images) -> gate -> roll forward. Prints a timeline; exit 1 if a stage failed."""
@@ -49,8 +64,28 @@ def loop_command(
         if v is not None
     }
     changes.update(stage_timeout_s=timeout, seed=seed)
-    cfg = LoopConfig.tiny(output, **changes) if fast else LoopConfig(output=output, **changes)
-    result = run_loop(cfg, echo=typer.echo)
+    if real:
+        from visionops.demo.real import RealLoopConfig, run_real_loop
+
+        changes.pop("count", None)
+        changes.update(
+            {
+                k: v
+                for k, v in {
+                    "champion_dir": champion_dir,
+                    "stream_dir": stream_dir,
+                    "champion_uri": champion,
+                }.items()
+                if v
+            }
+        )
+        cfg = (
+            RealLoopConfig.reduced(output, **changes) if reduced else RealLoopConfig(output=output, **changes)
+        )
+        result = run_real_loop(cfg, echo=typer.echo)
+    else:
+        cfg = LoopConfig.tiny(output, **changes) if fast else LoopConfig(output=output, **changes)
+        result = run_loop(cfg, echo=typer.echo)
     if not result.ok:
         failed = [name for name, ok in result.checks.items() if not ok]
         typer.secho(f"the loop failed: {', '.join(failed) or 'see the timeline'}", err=True, fg="red")

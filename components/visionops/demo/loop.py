@@ -347,7 +347,9 @@ class Loop:
         self.observers: list[Any] = []
 
     # processes
-    def start_serving(self, model_uri: str, monitor_url: str, tag: str) -> str:
+    def start_serving(
+        self, model_uri: str, monitor_url: str, tag: str, env: dict[str, str] | None = None
+    ) -> str:
         from visionops.demo.observability import free_port
 
         port = self.info.setdefault("serving_port", free_port())
@@ -367,13 +369,16 @@ class Loop:
                 "5000",  # the budget: every image within 5 s (a busy laptop queues, it need not refuse)
             ),
             self.out / "logs" / f"serving-{tag}.log",
+            env=env,
         )
         self.procs["serving"] = proc
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/readyz", proc, self.cfg.stage_timeout_s)
         return url
 
-    def start_monitor(self, model_uri: str, params: dict, trigger_windows: int, tag: str) -> str:
+    def start_monitor(
+        self, model_uri: str, params: dict, trigger_windows: int, tag: str, env: dict[str, str] | None = None
+    ) -> str:
         from visionops.demo.observability import free_port
 
         port = self.info.setdefault("monitor_port", free_port())
@@ -389,6 +394,7 @@ class Loop:
         env = {
             "VISIONOPS_REPORT_EVERY_SECONDS": "1",
             "VISIONOPS_ALERT_TOKEN_FILE": str(self.alert_token_file()),
+            **(env or {}),
         }
         proc = Proc("monitor", argv, self.out / "logs" / f"monitor-{tag}.log", env=env)
         self.procs["monitor"] = proc
@@ -728,6 +734,8 @@ class Loop:
             ("Outcome", f"<p>The loop {verdict} in {data['seconds']:.0f} s.</p>"
                         + (f"<p>The challenger was refused: {escape('; '.join(reasons))}</p>" if reasons else "")),
             ("Checks", html_table(checks, classes={"ok": "pass", "fail": "fail"})),
+            *([("Before / after on the held-out slice", html_table(self.info["before_after"]))]
+              if self.info.get("before_after") else []),
             ("Timeline", html_table(rows, ["t_s", "time", "stage", "message", "artifact", "ok"],
                                     classes={"ok": "pass", "fail": "fail"})),
             ("Where things are", html_table([{"what": k, "value": v} for k, v in self.info.items()

@@ -42,7 +42,9 @@ class TrainConfig(Settings):
     )
     pretrained: str | None = setting(
         None,
-        "Pretrained weights (state dict: .safetensors or .pt, path or s3:// URI); a head of another size is replaced.",
+        "Pretrained weights: torchvision:NAME (a weights enum of the architecture, e.g. torchvision:IMAGENET1K_V1, "
+        "with its own preprocessing), a mirror from `visionops weights mirror` (path or s3://), or a state-dict "
+        "file (.safetensors or .pt); a head of another size is replaced.",
     )
     warm_start: str | None = setting(
         None, "Model bundle URI to fine-tune (the champion); its architecture and classes are used."
@@ -133,6 +135,12 @@ class TrainConfig(Settings):
 
         get_entry(self.architecture)  # unknown names fail here, listing the valid ones
         super().__post_init__()  # field choices and checks (visionops.settings)
+        if self.pretrained and self.pretrained.startswith("torchvision:") and not self.warm_start:
+            from visionops.weights import resolve_pretrained
+
+            resolve_pretrained(
+                self.pretrained, self.architecture
+            )  # a wrong name fails here, listing valid ones
 
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
@@ -156,6 +164,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cpu-fast": {},
     "gpu": {
         "architecture": "mobilenet_v3_large",
+        "pretrained": "torchvision:IMAGENET1K_V2",
         "image_size": 224,
         "batch_size": 128,
         "epochs": 30,
@@ -164,7 +173,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "patience": 8,
         "aug_color_jitter": 0.3,
     },
-    "finetune": {"lr": 3e-4, "epochs": 10, "warmup_epochs": 0.5, "patience": 4, "aug_scale_min": 0.8},
+    "finetune": {
+        "architecture": "mobilenet_v3_small",
+        "pretrained": "torchvision:IMAGENET1K_V1",
+        "lr": 3e-4,
+        "epochs": 10,
+        "warmup_epochs": 0.5,
+        "patience": 4,
+        "aug_scale_min": 0.8,
+    },
 }
 
 

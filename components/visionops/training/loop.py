@@ -27,6 +27,7 @@ from visionops.training import checkpoint as ckpt
 from visionops.training import distributed
 from visionops.training.config import TrainConfig
 from visionops.training.data import CachedImageDataset, EpochSampler, build_cache, make_loader
+from visionops.weights import resolve_pretrained
 
 log = logging.getLogger("visionops.training")
 
@@ -77,17 +78,6 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
-
-
-def _read_weights(uri: str) -> dict:
-    """A state dict from a file or URI (.safetensors or a torch state dict; never unpickled)."""
-    from visionops.bundle import load_state_dict
-
-    suffix = ".safetensors" if str(uri).endswith(".safetensors") else ".pt"
-    with tempfile.TemporaryDirectory(prefix="visionops-weights-") as tmp:
-        path = Path(tmp) / f"weights{suffix}"
-        path.write_bytes(storage.read_bytes(uri))
-        return load_state_dict(path)
 
 
 def _seed_everything(seed: int, deterministic: bool) -> None:
@@ -200,6 +190,7 @@ class Trainer:
         fallback = default_positive_class(self.classes)
         self.positive_class = declared if declared in self.classes else fallback
         architecture, base_spec, self.warm_state, self.parent = config.architecture, None, None, None
+        self.pretrained = None
         if config.warm_start:
             meta = read_meta(config.warm_start)
             if list(meta["classes"]) != list(self.classes):
@@ -217,6 +208,14 @@ class Trainer:
             architecture, base_spec = meta["architecture"], PreprocessSpec.from_dict(meta["preprocess"])
             self.warm_state = load_bundle(config.warm_start).model.state_dict()
             self.parent = {"uri": config.warm_start, "model_version": meta["model_version"]}
+            if config.pretrained:
+                log.info(
+                    "warm start: --pretrained %s is not used (the champion's weights are)", config.pretrained
+                )
+                config = config.replace(pretrained=None)
+        elif config.pretrained:
+            self.pretrained = resolve_pretrained(config.pretrained, architecture)
+            base_spec = self.pretrained.preprocess  # the weights' own preprocessing (None: the registry's)
         self.spec = resolve_preprocess(architecture, config.image_size, base_spec, config.crop_pct)
         self.train_frame, self.val_frame = self.dataset.split("train"), self.dataset.split("val")
         for name, frame in (("train", self.train_frame), ("val", self.val_frame)):
@@ -261,8 +260,9 @@ class Trainer:
         self.replaced_head: list[str] = []
         if self.warm_state is not None:
             self.model.load_state_dict(self.warm_state)
-        elif cfg.pretrained:
-            self.replaced_head = load_pretrained(self.model, cfg.architecture, _read_weights(cfg.pretrained))
+        elif self.pretrained is not None:
+            state = self.pretrained.state_dict(progress=cfg.progress and rt.is_main)
+            self.replaced_head = load_pretrained(self.model, cfg.architecture, state)
             if self.replaced_head:
                 log.info("pretrained weights loaded; head replaced (%s)", ", ".join(self.replaced_head))
         self.model.to(rt.device)
@@ -607,6 +607,7 @@ class Trainer:
             "world_size": self.runtime.world_size,
             "parent_model": self.parent,
             "pretrained": self.config.pretrained,
+            "pretrained_weights": None if self.pretrained is None else self.pretrained.lineage(),
             "train_images": len(self.train_frame),
             "val_images": len(self.val_frame),
             "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
