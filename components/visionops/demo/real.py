@@ -28,6 +28,7 @@ from typing import Any
 
 from visionops.demo.loop import DEMO_GATE, Loop, LoopConfig, LoopFailed, _get_json, classify, replay
 from visionops.demo.sources import RealSource, Slice, held_out_metrics
+from visionops.policy import POSITIVE_CLASS
 
 SHARED_DATA = Path(__file__).resolve().parents[4] / "shared" / "data"
 
@@ -141,7 +142,7 @@ class RealLoop(Loop):
         traffic, held_out = source.production()
         tl.add("start", f"closed loop on real photos in {out}: champion on {source.champion_subset}, production "
                         f"{source.production_subset} at {prevalence:.1%} glasses; held-out slice {len(held_out)} "
-                        f"images ({held_out.share('glasses'):.1%}) that no step sees")  # fmt: skip
+                        f"images ({held_out.share(POSITIVE_CLASS):.1%}) that no step sees")  # fmt: skip
         if cfg.champion_uri:
             champion_uri, dataset_v1 = self._given_champion(cfg.champion_uri)
         else:
@@ -173,7 +174,7 @@ class RealLoop(Loop):
 
         cfg, out = self.cfg, self.out
         labels = data.write_labels_csv(out / "data" / "champion-labels.csv")
-        self.tl.add("pipeline", f"training the champion on {len(data)} photos ({data.share('glasses'):.0%} glasses)"
+        self.tl.add("pipeline", f"training the champion on {len(data)} photos ({data.share(POSITIVE_CLASS):.0%} glasses)"
                                 " with the local pipeline ...", labels)  # fmt: skip
         params = {"image_size": cfg.size, "deploy_state_dir": str(out / "deployment"), "epochs": cfg.epochs,
                   **cfg.gate}  # fmt: skip
@@ -225,7 +226,8 @@ class RealLoop(Loop):
                                                   done.set()), daemon=True)  # fmt: skip
         worker.start()
         self.tl.add(
-            "traffic", f"replaying {len(traffic)} production photos ({traffic.share('glasses'):.1%} glasses)"
+            "traffic",
+            f"replaying {len(traffic)} production photos ({traffic.share(POSITIVE_CLASS):.1%} glasses)",
         )
         seen = {"drift": False, "alert": False, "trigger": False}
         deadline, grace = time.monotonic() + self.cfg.stage_timeout_s, None

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from visionops.errors import DataError
+from visionops.policy import POSITIVE_CLASS
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class RealSource:
     champion_subset: str = "lfw_5590"
     production_subset: str = "net_7876"
     subset_column: str = "mtfl_subset"
-    positive: str = "glasses"
+    positive: str = POSITIVE_CLASS
     #: images per role (None: all that the folder holds)
     champion_count: int | None = None
     traffic_count: int = 3000
