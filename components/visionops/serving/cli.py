@@ -21,6 +21,15 @@ def serve_command(settings, *, host: str, port: int, workers: int) -> tuple[list
     return argv, env
 
 
+def _check_startable(settings) -> None:
+    """Fail fast, before the server starts: a missing model URI or a bundle whose metadata no model can be
+    served with raises a VisionOpsError that the CLI prints as one line and exits non-zero on, instead of a
+    server that crash-loops on load or serves nonsense. Reads only ``bundle.json`` (no torch import)."""
+    from visionops.bundle import read_meta
+
+    read_meta(settings.require_model())
+
+
 def _serve(
     ctx: typer.Context, options: dict, *, host: str, port: int, workers: int, print_only: bool
 ) -> None:
@@ -28,7 +37,7 @@ def _serve(
     from visionops.serving.settings import ServingSettings
 
     settings = ServingSettings.from_env(**options)
-    settings.require_model()
+    _check_startable(settings)
     argv, env = serve_command(settings, host=host, port=port, workers=workers)
     if print_only:
         shown = {k: v for k, v in env.items() if k.startswith(("VISIONOPS_", "BENTOML_")) and v}
