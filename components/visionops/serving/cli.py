@@ -17,7 +17,8 @@ def serve_command(settings, *, host: str, port: int, workers: int) -> tuple[list
     overrides = [o for o in env.get("BENTOML_CONFIG_OPTIONS", "").split() if o]
     overrides.append(f"services.visionops.workers={workers}")
     env["BENTOML_CONFIG_OPTIONS"] = " ".join(overrides)
-    argv = [sys.executable, "-m", "bentoml", "serve", SERVICE_IMPORT, "--host", host, "--port", str(port)]
+    launcher = "visionops.serving.launch"  # bentoml serve with a metrics directory per instance
+    argv = [sys.executable, "-m", launcher, "serve", SERVICE_IMPORT, "--host", host, "--port", str(port)]
     return argv, env
 
 

@@ -40,6 +40,8 @@ from typing import Any, BinaryIO
 
 from visionops.background import BackgroundWriter
 
+#: The ``reason`` label of prediction-log records that were not written (queue full, storage trouble).
+LOG_DROPPED = "prediction_log"
 log = logging.getLogger(__name__)
 
 #: Byte budget of the serving-side queue: about 1,000 single-image events (thumbnail + embedding).
@@ -271,7 +273,9 @@ def _child_main(stdin: BinaryIO, stdout: BinaryIO) -> int:
             on_drop=lambda reason, n: report(("drop", reason, n)),
             headers=config.get("headers"),
         )
-    plog = PredictionLog(config["prediction_log"]) if config["prediction_log"] else None
+    plog = None
+    if config["prediction_log"]:  # its drops are counted too, under their own reason
+        plog = PredictionLog(config["prediction_log"], on_drop=lambda n: report(("drop", LOG_DROPPED, n)))
     events = 0
     close_timeout = 5.0
     last_report = time.monotonic()
