@@ -133,6 +133,7 @@ class MonitorProcess:
         flush_seconds: float = 0.05,
         on_drop: Callable[[str, int], None] | None = None,
         headers: dict[str, str] | None = None,
+        path_headers: dict[str, dict[str, str]] | None = None,
     ) -> None:
         self.monitor_url = monitor_url or None
         self.prediction_log = prediction_log or None
@@ -151,6 +152,7 @@ class MonitorProcess:
                     "prediction_log": prediction_log,
                     # e.g. the reviewer token the sidecar's /feedback requires (over the pipe, never argv)
                     "headers": dict(headers or {}),
+                    "path_headers": dict(path_headers or {}),  # the sidecar's tokens per endpoint
                 },
             ),
         )
@@ -272,6 +274,7 @@ def _child_main(stdin: BinaryIO, stdout: BinaryIO) -> int:
             config["monitor_url"],
             on_drop=lambda reason, n: report(("drop", reason, n)),
             headers=config.get("headers"),
+            path_headers=config.get("path_headers"),
         )
     plog = None
     if config["prediction_log"]:  # its drops are counted too, under their own reason

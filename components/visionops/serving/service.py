@@ -317,7 +317,10 @@ class VisionOpsClassifier:
                 monitor_url=self.settings.monitor_url,
                 prediction_log=self.settings.prediction_log,
                 queue_size=self.settings.monitor_queue_size,
-                headers=self.auth.auth_header("reviewer"),  # the sidecar's /feedback wants the reviewer
+                path_headers={  # the sidecar's roles: serving's rows on /ingest, the reviewer's labels
+                    "/ingest": self.auth.auth_header("ingest"),
+                    "/feedback": self.auth.auth_header("reviewer"),
+                },
                 on_drop=lambda reason, n: dropped.labels(reason).inc(n),
             )
         self.capture = None
