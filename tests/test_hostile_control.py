@@ -167,7 +167,7 @@ def test_secrets_from_files_with_clear_errors(tmp_path):
         {"VISIONOPS_ALERT_TOKEN_FILE": str(good), "VISIONOPS_REVIEWER_TOKEN": "x" * 20}
     )
     auth = ControlAuth(settings)
-    assert auth.tokens == {"alert": ALERT_TOKEN, "reviewer": "x" * 20}
+    assert auth.tokens == {"alert": ALERT_TOKEN, "reviewer": "x" * 20, "ingest": ""}
     assert ALERT_TOKEN not in repr(settings) and "x" * 20 not in repr(settings)  # secrets stay out of logs
     with pytest.raises(ConfigError, match="does not exist"):
         ControlAuth(AuthSettings(alert_token_file=str(tmp_path / "missing")))
