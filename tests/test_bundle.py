@@ -75,7 +75,7 @@ def test_incomplete_or_mismatched_bundle_fails_clearly(tmp_path):
         bundle_mod.load_bundle(uri)
     _, uri = _save_tiny(tmp_path)
     meta = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
-    meta["classes"] = ["a", "b", "c"]
+    meta["classes"] = ["glasses", "no_glasses", "c"]
     (tmp_path / "bundle" / "bundle.json").write_text(json.dumps(meta))
     # a marker edited by hand names another model than its weights: refused before the weights are used
     with pytest.raises(BundleError, match="belong to different versions"):
@@ -108,3 +108,27 @@ def test_decode_image_refuses_bad_input():
         decode_image(encode_image(Image.new("RGB", (400, 400))), ImageLimits(max_pixels=1000))
     with pytest.raises(ImageError, match="too large"):
         decode_image(good, ImageLimits(max_bytes=10))
+
+
+BAD_FIELDS = [
+    ({"threshold": 2.0}, "threshold"),
+    ({"threshold": float("nan")}, "threshold"),
+    ({"threshold": "0.5"}, "threshold"),
+    ({"positive_class": "helmet"}, "positive_class"),
+    ({"preprocess": {"image_size": 0, "resize_size": 0}}, "preprocess"),
+    ({"preprocess": {"image_size": "big"}}, "preprocess"),
+    ({"classes": ["glasses", "glasses"]}, "classes"),
+    ({"classes": "glasses,no_glasses"}, "classes"),
+]
+
+
+@pytest.mark.parametrize(("change", "field"), BAD_FIELDS)
+def test_load_refuses_unusable_metadata_naming_the_field(tmp_path, change, field):
+    # built through save_bundle, so weights hash and model version stay consistent: only the field is wrong
+    torch.manual_seed(0)
+    meta = {"architecture": "tiny_cnn", "classes": ["glasses", "no_glasses"]}
+    meta["preprocess"] = get_entry("tiny_cnn").preprocess.to_dict()
+    meta.update(change)
+    uri = bundle_mod.save_bundle(create_model("tiny_cnn", 2), meta, str(tmp_path / "bundle"))
+    with pytest.raises(BundleError, match=f"field '{field}'"):
+        bundle_mod.load_bundle(uri)

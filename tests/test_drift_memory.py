@@ -21,7 +21,7 @@ def test_rss_flat_over_200k_rows(tmp_path):
     psutil = pytest.importorskip("psutil")
     uri = feature_bundle(tmp_path)
     port = free_port()
-    env = {**os.environ, "VISIONOPS_LOG_LEVEL": "WARNING"}
+    env = {**os.environ, "VISIONOPS_LOG_LEVEL": "WARNING", "VISIONOPS_INSECURE_CONTROL": "true"}  # local run
     exe = Path(sys.executable).parent / "visionops"
     proc = subprocess.Popen(
         [

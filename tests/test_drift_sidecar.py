@@ -291,6 +291,7 @@ def test_cli_monitor_subprocess(tmp_path):
         "VISIONOPS_MONITOR_HOST": "127.0.0.1",
         "VISIONOPS_WINDOW_SIZE": "100",
         "VISIONOPS_TRIGGER_DRY_RUN": "1",
+        "VISIONOPS_INSECURE_CONTROL": "true",  # a local run: /ingest open without the ingest token
     }
     exe = Path(sys.executable).parent / "visionops"
     proc = subprocess.Popen(

@@ -36,15 +36,22 @@ VISIONOPS = str(Path(sys.executable).with_name("visionops"))
 ALERT_TOKEN = "alert-token-of-the-hostile-tests-0123"
 REVIEWER_TOKEN = "reviewer-token-of-the-hostile-tests-0123"
 FEEDBACK_KEY = "feedback-key-of-the-hostile-tests-0123456789"
+INGEST_TOKEN = "ingest-token-of-the-hostile-tests-0123"
 AS_ALERTMANAGER = {"Authorization": f"Bearer {ALERT_TOKEN}"}
 AS_REVIEWER = {"Authorization": f"Bearer {REVIEWER_TOKEN}"}
+AS_SERVING = {"Authorization": f"Bearer {INGEST_TOKEN}"}
 
 
 @pytest.fixture(scope="module")
 def secrets_dir(tmp_path_factory) -> Path:
-    """The three Secrets as mounted files (what the manifests mount under /var/run/secrets/visionops)."""
+    """The four Secrets as mounted files (what the manifests mount under /var/run/secrets/visionops)."""
     root = tmp_path_factory.mktemp("secrets")
-    for name, value in (("alert-token", ALERT_TOKEN), ("reviewer-token", REVIEWER_TOKEN)):
+    tokens = (
+        ("alert-token", ALERT_TOKEN),
+        ("reviewer-token", REVIEWER_TOKEN),
+        ("ingest-token", INGEST_TOKEN),
+    )
+    for name, value in tokens:
         (root / name).write_text(value + "\n")
     (root / "feedback-key").write_text(FEEDBACK_KEY)
     return root
@@ -54,6 +61,7 @@ def secret_env(secrets: Path) -> dict[str, str]:
     return {
         "VISIONOPS_ALERT_TOKEN_FILE": str(secrets / "alert-token"),
         "VISIONOPS_REVIEWER_TOKEN_FILE": str(secrets / "reviewer-token"),
+        "VISIONOPS_INGEST_TOKEN_FILE": str(secrets / "ingest-token"),
         "VISIONOPS_FEEDBACK_KEY_FILE": str(secrets / "feedback-key"),
     }
 
@@ -159,7 +167,7 @@ def test_secrets_from_files_with_clear_errors(tmp_path):
         {"VISIONOPS_ALERT_TOKEN_FILE": str(good), "VISIONOPS_REVIEWER_TOKEN": "x" * 20}
     )
     auth = ControlAuth(settings)
-    assert auth.tokens == {"alert": ALERT_TOKEN, "reviewer": "x" * 20}
+    assert auth.tokens == {"alert": ALERT_TOKEN, "reviewer": "x" * 20, "ingest": ""}
     assert ALERT_TOKEN not in repr(settings) and "x" * 20 not in repr(settings)  # secrets stay out of logs
     with pytest.raises(ConfigError, match="does not exist"):
         ControlAuth(AuthSettings(alert_token_file=str(tmp_path / "missing")))
@@ -308,7 +316,11 @@ def raw_request(port: int, data: bytes, *, timeout: float = 15.0) -> tuple[float
 
 
 def test_sidecar_http_limits(start_sidecar):
+    # /ingest open here (no ingest token, the local opt-in): this test is about the HTTP server's limits,
+    # which an authenticated client could hit just the same (test_ingest_needs_the_ingest_token covers auth)
     sidecar = start_sidecar(
+        VISIONOPS_INGEST_TOKEN_FILE="",
+        VISIONOPS_INSECURE_CONTROL="true",
         VISIONOPS_MONITOR_SOCKET_TIMEOUT_S="2",
         VISIONOPS_MONITOR_MAX_BODY_BYTES="1048576",
         VISIONOPS_MONITOR_MAX_CONNECTIONS="8",
@@ -367,13 +379,58 @@ def test_sidecar_http_limits(start_sidecar):
 
 
 # -- feedback only from reviewers, only for ids serving signed --------------------------------------------------
+def test_ingest_needs_the_ingest_token(start_sidecar):
+    # rows posted by anyone could fake drift (or hide it): only serving's token is accepted
+    sidecar = start_sidecar()
+    rows = draw_rows(np.random.default_rng(2), 5)
+    before = sidecar.counter("visionops_monitor_rows_received_total")
+    for headers in (None, AS_REVIEWER, AS_ALERTMANAGER, {"Authorization": "Bearer " + "x" * 40}):
+        r = sidecar.client.post("/ingest", json={"rows": rows}, headers=headers)
+        assert r.status_code == 401 and r.json()["detail"], (headers, r.text)
+    assert sidecar.counter("visionops_monitor_rows_received_total") == before  # nothing of them was kept
+    assert sidecar.client.post("/ingest", json={"rows": rows}, headers=AS_SERVING).status_code == 200
+    assert sidecar.counter("visionops_monitor_rows_received_total") == before + 5
+    # with no ingest token configured /ingest is closed, unless a local run opts in
+    closed = start_sidecar(VISIONOPS_INGEST_TOKEN_FILE="")
+    r = closed.client.post("/ingest", json={"rows": rows}, headers=AS_SERVING)
+    assert r.status_code == 403 and "VISIONOPS_INGEST_TOKEN_FILE" in r.json()["detail"]
+
+
+@pytest.mark.integration
+def test_serving_sends_its_rows_with_the_ingest_token(bundle, start_sidecar, secrets_dir, tmp_path):
+    # the real pair, wired like the manifests: serving's monitor process authenticates to the real sidecar
+    from tests.test_serving import image_bytes, run_server
+
+    sidecar = start_sidecar()
+    before = sidecar.counter("visionops_monitor_rows_received_total")
+    server = run_server(
+        bundle,
+        tmp_path,
+        VISIONOPS_MONITOR_URL=sidecar.url,
+        **secret_env(secrets_dir),
+    )
+    srv = next(server)
+    try:
+        for seed in range(3):
+            assert srv.classify(image_bytes(seed, True)).status_code == 200
+        deadline = time.monotonic() + 30
+        while sidecar.counter("visionops_monitor_rows_received_total") < before + 3:
+            assert time.monotonic() < deadline, "serving's rows did not reach the sidecar"
+            time.sleep(0.2)
+        # the rows passed authentication (this stand-in bundle's rows may still fail its schema check: 422)
+        log = (tmp_path / "server.log").read_text()
+        assert "refused /ingest: 401" not in log and "refused /ingest: 403" not in log, log[-2000:]
+    finally:
+        server.close()
+
+
 def test_sidecar_feedback_needs_a_reviewer_and_a_signed_id(start_sidecar):
     sidecar = start_sidecar()
     signer = RequestIdSigner(FEEDBACK_KEY)  # what serving does with the same Secret
     rows = draw_rows(np.random.default_rng(1), 2)
     signed = signer.sign("req-1")
     rows[0]["request_id"], rows[1]["request_id"] = signed, "req-2"  # an unsigned id can be ingested...
-    assert sidecar.client.post("/ingest", json={"rows": rows}).status_code == 200
+    assert sidecar.client.post("/ingest", json={"rows": rows}, headers=AS_SERVING).status_code == 200
     label = {"request_id": signed, "label": "glasses"}
     assert sidecar.client.post("/feedback", json=label).status_code == 401
     assert sidecar.client.post("/feedback", json=label, headers=AS_ALERTMANAGER).status_code == 401

@@ -668,7 +668,7 @@ def test_cli_serve_builds_the_bentoml_command(tiny_bundle):
     )
     assert "services.visionops.workers=2" in result.output
     assert (
-        "bentoml serve visionops.serving.service:VisionOpsClassifier --host 127.0.0.1 --port 4100"
+        "-m visionops.serving.launch serve visionops.serving.service:VisionOpsClassifier --host 127.0.0.1 --port 4100"
         in result.output
     )
 

@@ -4,7 +4,9 @@ Two secrets guard two kinds of control:
 
 - **Bearer tokens** (``Authorization: Bearer <token>``): the *alert* token lets Alertmanager's webhook start a
   retraining run (the sidecar's ``/alerts``); the *reviewer* token lets a human-review tool post ground truth
-  (``/feedback`` of serving, the sidecar and the router). Tokens are compared in constant time.
+  (``/feedback`` of serving, the sidecar and the router); the *ingest* token lets serving post its feature rows
+  to the sidecar's ``/ingest`` (rows posted by anyone else could fake or hide drift). Tokens are compared in
+  constant time.
 - **Signed request ids**: serving signs every request id it issues with HMAC-SHA256 under the *feedback key*;
   the id carries its signature (``<id>.<signature>``). ``/feedback`` accepts only ids whose signature verifies,
   so nobody can label a request serving never answered.
@@ -68,6 +70,16 @@ class AuthSettings(Settings):
     reviewer_token_file: str = setting(
         "", "File holding the reviewer token.", env="VISIONOPS_REVIEWER_TOKEN_FILE", cli=False
     )
+    ingest_token: str = setting(
+        "",
+        "Bearer token serving sends to the sidecar's /ingest.",
+        env="VISIONOPS_INGEST_TOKEN",
+        cli=False,
+        secret=True,
+    )
+    ingest_token_file: str = setting(
+        "", "File holding the ingest token.", env="VISIONOPS_INGEST_TOKEN_FILE", cli=False
+    )
     feedback_key: str = setting(
         "",
         "HMAC key that signs the request ids serving issues.",
@@ -86,7 +98,8 @@ class AuthSettings(Settings):
     )
 
     def resolved(self, name: str) -> str:
-        """The secret ``name`` (alert_token, reviewer_token, feedback_key): its file wins over its variable."""
+        """The secret ``name`` (alert_token, reviewer_token, ingest_token, feedback_key): its file wins over its
+        variable."""
         path = getattr(self, f"{name}_file")
         if path:
             return read_secret_file(path, what=name)
@@ -164,6 +177,7 @@ class ControlAuth:
         self.tokens = {
             "alert": settings.resolved("alert_token"),
             "reviewer": settings.resolved("reviewer_token"),
+            "ingest": settings.resolved("ingest_token"),
         }
         key = settings.resolved("feedback_key")
         self.signer = RequestIdSigner(key) if key else None

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -102,7 +103,68 @@ def read_meta(uri: str) -> dict[str, Any]:
         raise BundleError(
             f"model bundle at {uri} has format {meta['format']}, this version reads {BUNDLE_FORMAT}"
         )
+    validate_meta(uri, meta)
     return meta
+
+
+def _check_threshold(meta: dict[str, Any]) -> str | None:
+    value = meta["threshold"]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"must be a number, got {value!r}"
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        return f"must be a finite number in [0, 1], got {value!r}"
+    return None
+
+
+def _check_classes(meta: dict[str, Any]) -> str | None:
+    classes = meta["classes"]
+    if not isinstance(classes, list) or len(classes) < 2:
+        return f"must be a list of at least two class names, got {classes!r:.120}"
+    if not all(isinstance(c, str) and c for c in classes):
+        return f"must hold non-empty strings, got {classes!r:.120}"
+    if len(set(classes)) != len(classes):
+        return f"has duplicates: {classes!r:.120}"
+    return None
+
+
+def _check_positive_class(meta: dict[str, Any]) -> str | None:
+    positive = meta.get("positive_class")
+    if positive is not None and positive not in meta["classes"]:
+        return f"{positive!r:.80} is not one of the classes {meta['classes']!r:.120}"
+    return None
+
+
+def _check_preprocess(meta: dict[str, Any]) -> str | None:
+    spec = meta["preprocess"]
+    if not isinstance(spec, dict):
+        return f"must be a mapping, got {spec!r:.120}"
+    for key in ("image_size", "resize_size"):
+        value = spec.get(key, 8)
+        if isinstance(value, bool) or not isinstance(value, int) or not 8 <= value <= 4096:
+            return f"{key} must be an integer in [8, 4096], got {value!r:.80}"
+    try:
+        PreprocessSpec.from_dict(spec)
+    except (ConfigError, TypeError, ValueError) as exc:
+        return str(exc)
+    return None
+
+
+#: Load-time checks of ``bundle.json``, as (field, check): a check returns what is wrong, or None. A bundle
+#: that fails one is refused on load, so that serving fails fast instead of serving nonsense.
+META_CHECKS: tuple[tuple[str, Callable[[dict[str, Any]], str | None]], ...] = (
+    ("classes", _check_classes),
+    ("positive_class", _check_positive_class),
+    ("threshold", _check_threshold),
+    ("preprocess", _check_preprocess),
+)
+
+
+def validate_meta(uri: str, meta: dict[str, Any]) -> None:
+    """Refuse metadata no model can be served with (:class:`BundleError` naming the field)."""
+    for name, check in META_CHECKS:
+        problem = check(meta)
+        if problem:
+            raise BundleError(f"model bundle at {uri}: {MARKER} field {name!r} {problem}")
 
 
 def update_meta(uri: str, **changes: Any) -> dict[str, Any]:

@@ -369,7 +369,10 @@ class Loop:
                 "5000",  # the budget: every image within 5 s (a busy laptop queues, it need not refuse)
             ),
             self.out / "logs" / f"serving-{tag}.log",
-            env=env,
+            env={
+                "VISIONOPS_INGEST_TOKEN_FILE": str(self.ingest_token_file()),
+                **(env or {}),
+            },  # sent with rows
         )
         self.procs["serving"] = proc
         url = f"http://127.0.0.1:{port}"
@@ -394,6 +397,7 @@ class Loop:
         env = {
             "VISIONOPS_REPORT_EVERY_SECONDS": "1",
             "VISIONOPS_ALERT_TOKEN_FILE": str(self.alert_token_file()),
+            "VISIONOPS_INGEST_TOKEN_FILE": str(self.ingest_token_file()),
             **(env or {}),
         }
         proc = Proc("monitor", argv, self.out / "logs" / f"monitor-{tag}.log", env=env)
@@ -405,9 +409,17 @@ class Loop:
     def alert_token_file(self) -> Path:
         """The sidecar's alert token for this demo run (random, mode 0600): the sidecar refuses /alerts
         without it, and the demo's Alertmanager sends it (``http_config.authorization.credentials_file``)."""
+        return self.token_file("alert-token")
+
+    def ingest_token_file(self) -> Path:
+        """The token serving sends with its rows to the sidecar's /ingest (the sidecar refuses rows without it)."""
+        return self.token_file("ingest-token")
+
+    def token_file(self, name: str) -> Path:
+        """A random token for this demo run in ``secrets/<name>`` (mode 0600), created on first use."""
         import secrets
 
-        path = self.out / "secrets" / "alert-token"
+        path = self.out / "secrets" / name
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -3,6 +3,7 @@
 Endpoints::
 
     POST /ingest     {"rows": [feature rows]}   schema-checked; good rows are kept, bad ones -> 422 + reasons
+                     (ingest token, which serving sends: rows from anyone else could fake or hide drift)
     POST /feedback   {"request_id", "label"} or {"labels": [...]}   ground truth -> live precision/recall
                      (reviewer token; only request ids serving signed, see visionops.auth)
     POST /alerts     Alertmanager webhook payload -> the retraining trigger (same code path as drift)
@@ -219,7 +220,7 @@ class _Handler(BaseHTTPRequestHandler):
         "/alerts": _alerts,
     }
     #: the bearer-token role each control endpoint requires (visionops.auth)
-    _ROLES: ClassVar[dict[str, str]] = {"/feedback": "reviewer", "/alerts": "alert"}
+    _ROLES: ClassVar[dict[str, str]] = {"/ingest": "ingest", "/feedback": "reviewer", "/alerts": "alert"}
 
 
 def parse_json(raw: bytes, max_depth: int) -> Any:
@@ -348,7 +349,7 @@ def serve(settings: MonitorSettings) -> None:
     auth = ControlAuth()  # first: a missing secret file fails before the reference is loaded
     monitor = Monitor(settings)
     server = MonitorServer(monitor, auth=auth)
-    for role in ("alert", "reviewer"):
+    for role in ("alert", "reviewer", "ingest"):
         if not auth.configured(role):
             state = "open (VISIONOPS_INSECURE_CONTROL)" if auth.insecure else "refused"
             log.warning("no %s token configured: %s requests are %s", role, role, state)

@@ -17,8 +17,18 @@ def serve_command(settings, *, host: str, port: int, workers: int) -> tuple[list
     overrides = [o for o in env.get("BENTOML_CONFIG_OPTIONS", "").split() if o]
     overrides.append(f"services.visionops.workers={workers}")
     env["BENTOML_CONFIG_OPTIONS"] = " ".join(overrides)
-    argv = [sys.executable, "-m", "bentoml", "serve", SERVICE_IMPORT, "--host", host, "--port", str(port)]
+    launcher = "visionops.serving.launch"  # bentoml serve with a metrics directory per instance
+    argv = [sys.executable, "-m", launcher, "serve", SERVICE_IMPORT, "--host", host, "--port", str(port)]
     return argv, env
+
+
+def _check_startable(settings) -> None:
+    """Fail fast, before the server starts: a missing model URI or a bundle whose metadata no model can be
+    served with raises a VisionOpsError that the CLI prints as one line and exits non-zero on, instead of a
+    server that crash-loops on load or serves nonsense. Reads only ``bundle.json`` (no torch import)."""
+    from visionops.bundle import read_meta
+
+    read_meta(settings.require_model())
 
 
 def _serve(
@@ -28,7 +38,7 @@ def _serve(
     from visionops.serving.settings import ServingSettings
 
     settings = ServingSettings.from_env(**options)
-    settings.require_model()
+    _check_startable(settings)
     argv, env = serve_command(settings, host=host, port=port, workers=workers)
     if print_only:
         shown = {k: v for k, v in env.items() if k.startswith(("VISIONOPS_", "BENTOML_")) and v}

@@ -49,9 +49,12 @@ class MonitorEmitter:
         retry_after: float = 1.0,
         on_drop: Callable[[str, int], None] | None = None,
         headers: dict[str, str] | None = None,
+        path_headers: dict[str, dict[str, str]] | None = None,
     ) -> None:
         self.url = url.rstrip("/")
-        self.headers = dict(headers or {})  # e.g. the reviewer token the sidecar's /feedback requires
+        self.headers = dict(headers or {})  # sent with every request
+        # per path, e.g. the ingest token for /ingest and the reviewer token for /feedback (the sidecar's roles)
+        self.path_headers = {path: dict(h) for path, h in (path_headers or {}).items()}
         self.timeout = timeout
         self.retry_after = retry_after
         self.sent_rows = 0
@@ -108,7 +111,7 @@ class MonitorEmitter:
             self._writer.drop(MONITOR_DOWN, n)
             return
         try:
-            response = self._client.post(self.url + path, json=payload)
+            response = self._client.post(self.url + path, json=payload, headers=self.path_headers.get(path))
             if 400 <= response.status_code < 500:
                 # The monitor is up but refused (some of) it: count, keep sending, no back-off.
                 self._writer.drop(REJECTED, _rejected_count(response, n))

@@ -60,7 +60,8 @@ def serving_metrics() -> ServingMetrics:
         ),
         dropped=Counter(
             "visionops_monitor_events_dropped",
-            "Prediction events not delivered to the monitor sidecar (queue full, monitor down).",
+            "Prediction events not delivered to the monitor sidecar (queue full, monitor down), and prediction-log "
+            "records not written (reason=prediction_log).",
             ["reason"],
         ),
         model_info=Gauge(

@@ -40,6 +40,8 @@ from typing import Any, BinaryIO
 
 from visionops.background import BackgroundWriter
 
+#: The ``reason`` label of prediction-log records that were not written (queue full, storage trouble).
+LOG_DROPPED = "prediction_log"
 log = logging.getLogger(__name__)
 
 #: Byte budget of the serving-side queue: about 1,000 single-image events (thumbnail + embedding).
@@ -131,6 +133,7 @@ class MonitorProcess:
         flush_seconds: float = 0.05,
         on_drop: Callable[[str, int], None] | None = None,
         headers: dict[str, str] | None = None,
+        path_headers: dict[str, dict[str, str]] | None = None,
     ) -> None:
         self.monitor_url = monitor_url or None
         self.prediction_log = prediction_log or None
@@ -149,6 +152,7 @@ class MonitorProcess:
                     "prediction_log": prediction_log,
                     # e.g. the reviewer token the sidecar's /feedback requires (over the pipe, never argv)
                     "headers": dict(headers or {}),
+                    "path_headers": dict(path_headers or {}),  # the sidecar's tokens per endpoint
                 },
             ),
         )
@@ -270,8 +274,11 @@ def _child_main(stdin: BinaryIO, stdout: BinaryIO) -> int:
             config["monitor_url"],
             on_drop=lambda reason, n: report(("drop", reason, n)),
             headers=config.get("headers"),
+            path_headers=config.get("path_headers"),
         )
-    plog = PredictionLog(config["prediction_log"]) if config["prediction_log"] else None
+    plog = None
+    if config["prediction_log"]:  # its drops are counted too, under their own reason
+        plog = PredictionLog(config["prediction_log"], on_drop=lambda n: report(("drop", LOG_DROPPED, n)))
     events = 0
     close_timeout = 5.0
     last_report = time.monotonic()

@@ -21,6 +21,7 @@ size and latency from the settings).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import time
@@ -40,14 +41,20 @@ from bentoml.validators import ContentType
 from starlette.datastructures import UploadFile
 
 from visionops.auth import MAX_REQUEST_ID_CHARS, AuthError, ControlAuth
-from visionops.errors import ImageError, PayloadTooLarge, RequestError, UnsupportedMediaType
+from visionops.errors import (
+    ImageError,
+    MalformedRequest,
+    PayloadTooLarge,
+    RequestError,
+    UnsupportedMediaType,
+)
 from visionops.images import ImageLimits
 from visionops.onnx_runtime import cpu_limit_threads
 from visionops.serving import bundled_model_uri
 from visionops.serving.capture import PayloadCapture
 from visionops.serving.emitter import DROP_REASONS
 from visionops.serving.metrics import serving_metrics
-from visionops.serving.monitor_process import MonitorProcess, PredictionEvent
+from visionops.serving.monitor_process import LOG_DROPPED, MonitorProcess, PredictionEvent
 from visionops.serving.predictor import Predictor
 from visionops.serving.settings import ServingSettings
 
@@ -60,6 +67,10 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _FEEDBACK_ID = re.compile(rf"^[A-Za-z0-9._:-]{{1,{MAX_REQUEST_ID_CHARS}}}$")
 #: Multipart overhead allowed on top of the image bytes before a request is refused from its Content-Length.
 _MULTIPART_SLACK = 64 * 1024
+#: Largest /feedback body (a request id and a label).
+FEEDBACK_MAX_BYTES = 64 * 1024
+#: Seconds a client is told to wait after a 503 (load shedding, not ready) before retrying.
+RETRY_AFTER_S = 1
 
 
 # -- request bodies ---------------------------------------------------------------------------------------------
@@ -151,12 +162,47 @@ class BatchInput(bentoml.IODescriptor):
         return cls.model_construct(images=await _read_uploads(request, "images", many=True))
 
 
+class FeedbackInput(bentoml.IODescriptor):
+    """JSON ``{"request_id": ..., "label": ...}``; anything else becomes a :class:`RequestError` (4xx) that
+    the endpoint answers and counts, instead of a parsing exception inside BentoML (500 and a traceback)."""
+
+    request_id: str
+    label: str
+
+    @classmethod
+    async def from_http_request(cls, request, serde) -> FeedbackInput:
+        try:
+            request_id, label = await _parse_feedback(request)
+        except RequestError as exc:
+            return cls.model_construct(request_id=exc, label="")
+        return cls.model_construct(request_id=request_id, label=label)
+
+
+async def _parse_feedback(request) -> tuple[str, str]:
+    media = _media_type(request.headers.get("content-type"))
+    if media not in ("application/json", ""):
+        raise UnsupportedMediaType(
+            f'unsupported Content-Type {media!r}: send JSON {{"request_id": ..., "label": ...}}'
+        )
+    body = await request.body()  # bounded by BodyLimit (BodyTooLarge -> 413)
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise RequestError(f"the body is not valid JSON: {str(exc)[:120]}") from exc
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), str) for k in ("request_id", "label")):
+        raise MalformedRequest('send JSON {"request_id": "<string>", "label": "<string>"}')
+    return data["request_id"], data["label"]
+
+
 class BodyLimit:
     """ASGI middleware: refuse a body over the limit (413).
 
     A declared Content-Length over the limit is refused before anything is read; a chunked body is counted
     while it streams and reading stops (:class:`BodyTooLarge`) as soon as it passes the limit.
     """
+
+    #: The served model's version (set by the service once loaded), for the requests this refuses.
+    model_version = ""
 
     def __init__(self, app) -> None:
         self.app = app
@@ -169,7 +215,7 @@ class BodyLimit:
             self._limits = {
                 "/classify": one,
                 "/classify_batch": one * s.max_request_images,
-                "/feedback": 65536,
+                "/feedback": FEEDBACK_MAX_BYTES,
             }
         return self._limits
 
@@ -184,9 +230,39 @@ class BodyLimit:
                 )
                 response = JSONResponse({"error": str(refused)}, status_code=refused.http_status)
                 await response(scope, receive, send)
+                _count_refused(scope["path"], refused.http_status)
                 return
             receive = _counting(receive, limit)
         await self.app(scope, receive, send)
+
+
+def _count_refused(path: str, status: int) -> None:
+    """Count a request refused before it reached an endpoint, like the endpoints count theirs."""
+    metrics = serving_metrics()
+    metrics.requests.labels(path.strip("/"), str(status), BodyLimit.model_version).inc()
+
+
+class RetryAfter:
+    """ASGI middleware: every 503 (load shed by the batcher, BentoML's own when not ready or over its
+    concurrency) tells the client when to retry."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_retry_after(message):
+            if message["type"] == "http.response.start" and message["status"] == 503:
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"retry-after" for name, _ in headers):
+                    headers.append((b"retry-after", str(RETRY_AFTER_S).encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, with_retry_after)
 
 
 def _counting(receive, limit: int):
@@ -238,8 +314,9 @@ class VisionOpsClassifier:
             threads=threads,
         )
         self.metrics = serving_metrics()
+        BodyLimit.model_version = self.predictor.version  # the label of requests refused before an endpoint
         self.metrics.model_info.labels(self.predictor.version, self.predictor.architecture).set(1)
-        for reason in DROP_REASONS:  # zero samples, so the series exist before the first drop
+        for reason in (*DROP_REASONS, LOG_DROPPED):  # zero samples, so the series exist before the first drop
             self.metrics.dropped.labels(reason)
         self.monitor = None
         if self.settings.monitor_url or self.settings.prediction_log:
@@ -249,7 +326,10 @@ class VisionOpsClassifier:
                 monitor_url=self.settings.monitor_url,
                 prediction_log=self.settings.prediction_log,
                 queue_size=self.settings.monitor_queue_size,
-                headers=self.auth.auth_header("reviewer"),  # the sidecar's /feedback wants the reviewer
+                path_headers={  # the sidecar's roles: serving's rows on /ingest, the reviewer's labels
+                    "/ingest": self.auth.auth_header("ingest"),
+                    "/feedback": self.auth.auth_header("reviewer"),
+                },
                 on_drop=lambda reason, n: dropped.labels(reason).inc(n),
             )
         self.capture = None
@@ -361,6 +441,7 @@ class VisionOpsClassifier:
             status, body = exc.http_status, {"error": str(exc), "request_id": rid}
         except ServiceUnavailable as exc:
             status, body = 503, {"error": str(exc), "request_id": rid}
+            ctx.response.headers["Retry-After"] = str(RETRY_AFTER_S)
         else:
             answers = [self.predictor.describe(probs) for probs, _ in outputs]
             for i, answer in enumerate(answers):
@@ -437,12 +518,14 @@ class VisionOpsClassifier:
             raise RequestError(f"request_id {request_id[:80]!r} is not a request id from this service")
         self.auth.check_request_id(request_id)
 
-    @bentoml.api(route="/feedback")
-    async def feedback(self, request_id: str, label: str, ctx: bentoml.Context) -> dict[str, Any]:
+    @bentoml.api(route="/feedback", input_spec=FeedbackInput)
+    async def feedback(self, request_id: Any, label: str, ctx: bentoml.Context) -> dict[str, Any]:
         """Record the true label of an earlier answer (ground truth for live quality)."""
         started = time.perf_counter()
         version = self.predictor.version
         try:
+            if isinstance(request_id, RequestError):  # the body was refused while parsing
+                raise request_id
             self._check_feedback(request_id, label, ctx)
         except (RequestError, AuthError) as exc:
             status, body = exc.http_status, {"error": str(exc)}
@@ -472,3 +555,4 @@ class VisionOpsClassifier:
 
 
 VisionOpsClassifier.add_asgi_middleware(BodyLimit)
+VisionOpsClassifier.add_asgi_middleware(RetryAfter)
