@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from visionops.errors import ConfigError
+from visionops.policy import TARGET_PRECISION
 
 PIPELINE_NAME = "visionops-training"
 PIPELINE_DESCRIPTION = (
@@ -221,7 +222,8 @@ def build_training_pipeline(settings: ClusterSettings | None = None):
         warm_start: bool = False,
         pretrained_uri: str = "",
         train_overrides: dict = {},  # noqa: B006 -- KFP reads the default from the signature
-        target_precision: float = 0.95,
+        target_precision: float = TARGET_PRECISION,
+        positive_prevalence: float = 0.0,
         max_p95_latency_ms: float = 1000.0,
         max_model_mb: float = 200.0,
         gate_overrides: dict = {},  # noqa: B006
@@ -265,6 +267,7 @@ def build_training_pipeline(settings: ClusterSettings | None = None):
                 dataset=dataset,
                 champion_uri=champion_uri,
                 target_precision=target_precision,
+                positive_prevalence=positive_prevalence,
                 max_p95_latency_ms=max_p95_latency_ms,
                 max_model_mb=max_model_mb,
                 policy_overrides=gate_overrides,
