@@ -215,10 +215,18 @@ def test_model_card_is_self_contained_and_names_the_golden_set(evaluated_good):
     assert "@import" not in html and "url(http" not in html
     assert html.count('src="data:image/png;base64,') == 4  # sweep, confusion matrix, ROC/PR, reliability
     assert record["golden_version"] in html and "BLESSED" in html
-    for section in ("Decision record", "Threshold sweep", "Slices", "Operations", "Behavioural tests"):
+    for section in (
+        "Decision record",
+        "Threshold sweep",
+        "Precision against prevalence",
+        "Slices",
+        "Operations",
+        "Behavioural tests",
+    ):
         assert section in html
     md = (out / "model_card.md").read_text()
     assert record["golden_version"] in md and "| precision_constraint |" in md
+    assert "FPR needed for 0.9" in md and "at production prevalence 0.5" in md
 
 
 def test_worse_challenger_refused_against_stored_champion(evaluated_good, dataset, tmp_path):
