@@ -122,14 +122,41 @@ def test_window_is_bounded_and_ordered():
 
 
 def test_live_quality_exact():
-    q = LiveQuality("glasses", window=4, max_pending=3, min_labels=2, target_precision=0.9)
+    q = LiveQuality("glasses", window=200, max_pending=3, min_labels=2, target_precision=0.9)
     for rid, pred in [("a", "glasses"), ("b", "glasses"), ("c", "no_glasses"), ("d", "glasses")]:
         q.record_prediction(rid, pred)
     assert not q.add_label("a", "glasses")  # forgotten: only 3 pending predictions are kept
     assert q.add_label("b", "glasses") and q.add_label("c", "glasses") and q.add_label("d", "no_glasses")
     s = q.summary()
     assert s["precision"] == pytest.approx(0.5) and s["recall"] == pytest.approx(0.5)
-    assert s["labels"] == 3 and s["below_target"] and s["unknown_labels"] == 1
+    assert s["labels"] == 3 and s["unknown_labels"] == 1
+    # 1 of 2: the upper bound (Clopper-Pearson, 97.5%) is far above 0.9: not proven below, no alarm
+    assert s["precision_interval"][1] == pytest.approx(0.975**0.5)
+    assert not s["below_target"]
+    # 60 more labels at precision 0.7: proven below 0.9
+    for i in range(60):
+        q.record_prediction(f"r{i}", "glasses")
+        q.add_label(f"r{i}", "glasses" if i % 10 < 7 else "no_glasses")
+    s = q.summary()
+    assert s["precision_interval"][1] < 0.9 and s["below_target"]
+
+
+def test_live_quality_weights_labels_by_their_selection_probability():
+    """Half the labels come from a 1-in-10 random sample (weight 10), half from a take-all stratum of hard
+    images (weight 1): the weighted precision is the traffic's, the unweighted one is not."""
+    q = LiveQuality("glasses", window=1000, max_pending=1000, min_labels=10, target_precision=0.9)
+    for i in range(40):  # random sample of traffic: 39 of 40 called glasses are right
+        q.record_prediction(f"s{i}", "glasses")
+        q.add_label(f"s{i}", "glasses" if i else "no_glasses", 0.1)
+    for i in range(40):  # take-all hard stratum: 20 of 40 right
+        q.record_prediction(f"h{i}", "glasses")
+        q.add_label(f"h{i}", "glasses" if i % 2 else "no_glasses", 1.0)
+    s = q.summary()
+    expected = (39 * 10 + 20) / (40 * 10 + 40)
+    assert s["precision"] == pytest.approx(expected)
+    assert s["precision_effective_n"] == pytest.approx(440**2 / (40 * 100 + 40))
+    with pytest.raises(ConfigError, match="selection_probability"):
+        q.add_label("x", "glasses", 0.0)
 
 
 def test_settings_from_env():

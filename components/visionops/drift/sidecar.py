@@ -301,7 +301,22 @@ class Monitor:
             if label not in self.classes:
                 problems.append({"index": i, "errors": [f"label {label!r} is not one of {self.classes}"]})
                 continue
-            if self.quality.add_label(item["request_id"], label):
+            probability = item.get("selection_probability")
+            if probability is None and item.get("reason") == "uncertain":
+                problems.append(
+                    {"index": i, "errors": ["an uncertainty-sampled label needs its selection_probability"]}
+                )
+                continue
+            if probability is not None and (
+                isinstance(probability, bool)
+                or not isinstance(probability, int | float)
+                or not 0 < probability <= 1
+            ):
+                problems.append(
+                    {"index": i, "errors": [f"selection_probability must be in (0, 1], got {probability!r}"]}
+                )
+                continue
+            if self.quality.add_label(item["request_id"], label, probability):
                 matched += 1
             else:
                 problems.append({"index": i, "errors": [f"unknown request_id {item['request_id']!r}"]})
@@ -317,8 +332,8 @@ class Monitor:
         if summary["below_target"]:
             self.trigger.raise_(
                 "live_precision",
-                f"live precision {summary['precision']:.3f} < target {summary['target_precision']} over "
-                f"{summary['labels']} labels",
+                f"live precision {summary['precision']:.3f} (upper bound {summary['precision_interval'][1]:.3f})"
+                f" < target {summary['target_precision']} over {summary['labels']} labels",
             )
         elif summary["precision"] is not None and summary["labels"] >= summary["min_labels"]:
             self.trigger.clear("live_precision")
