@@ -160,10 +160,14 @@ def attach_reference(
     ref["label"] = frame["label"].astype(str).to_numpy()
     if prevalence is not None:
         ref = reweight(ref, bundle.positive_class, prevalence, seed=seed)
+    calibration, null = calibrate_reference(ref, seed=seed)
     buf = io.BytesIO()
     ref.to_parquet(buf, index=False)
     _write(bundle_uri, PROJECTION_FILE, save_safetensors({"mean": mean, "components": comps}))
     _write(bundle_uri, REFERENCE_FILE, buf.getvalue())
+    null_buf = io.BytesIO()
+    null.to_parquet(null_buf, index=False)
+    _write(bundle_uri, calibration["file"], null_buf.getvalue())
     shares = ref["predicted_class"].value_counts(normalize=True).sort_index()
     entry = {
         "reference": REFERENCE_FILE,
@@ -183,11 +187,23 @@ def attach_reference(
         },
         "prevalence": prevalence,
         "threshold": bundle.threshold,
+        "calibration": calibration,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     update_meta(bundle_uri, drift=entry)
     log.info("drift reference written to %s/drift in %.1fs", bundle_uri, time.perf_counter() - started)
     return entry
+
+
+def calibrate_reference(ref, *, seed: int = 0):
+    """The reference's drift thresholds per window size (:mod:`visionops.drift.calibration`): the JSON entry
+    and the null scores."""
+    from visionops.drift.calibration import calibrate
+    from visionops.drift.detect import DriftPolicy, monitored_columns
+
+    columns = monitored_columns(ref.columns, DriftPolicy())
+    varying = {c: k for c, k in columns.items() if ref[c].astype(str).nunique() > 1}
+    return calibrate(ref, varying, seed=seed)
 
 
 def reweight(ref, positive_class: str, prevalence: float, *, seed: int = 0):

@@ -183,6 +183,8 @@ class Monitor:
                 else DriftPolicy(drift_share=settings.drift_share)
             )
         self.policy = policy
+        #: thresholds calibrated per window size at reference time (None for bundles made before them)
+        self.calibration = (meta.get("drift") or {}).get("calibration")
         self.columns = monitored_columns(self.reference.columns, policy)
         if not self.columns:
             raise ConfigError(f"the drift reference of {settings.model_uri} has no feature columns")
@@ -211,6 +213,7 @@ class Monitor:
         )
         self.latest: dict | None = None
         self.consecutive = 0
+        self._counted_end = 0  # rows ever appended when the last counted window ended
         self._html: str | None = None
         self._rows_since = 0
         self._last_run = time.monotonic()
@@ -352,14 +355,24 @@ class Monitor:
             self.metrics.dropped.inc(since - self.window.capacity)
         if len(current) < self.policy.min_rows:
             return None
-        result = compute_drift(self.reference, current, self.policy, keep_frames=True)
+        end = self.window.total
+        result = compute_drift(
+            self.reference, current, self.policy, keep_frames=True, calibration=self.calibration
+        )
         result["model_version"] = self.model_version
+        result["window_rows_span"] = [end - len(current), end]
         self._apply(result)
         return result
 
     def _apply(self, result: dict) -> None:
         m = self.metrics
-        self.consecutive = self.consecutive + 1 if result["dataset_drift"] else 0
+        start, end = result.get("window_rows_span") or (self._counted_end, self._counted_end + 1)
+        # "N drifted windows in a row" counts non-overlapping windows: a window that shares rows with the
+        # last counted one (time-triggered runs) is reported but does not move the count
+        result["counted"] = start >= self._counted_end
+        if result["counted"]:
+            self.consecutive = self.consecutive + 1 if result["dataset_drift"] else 0
+            self._counted_end = end
         result["consecutive_windows"] = self.consecutive
         m.share.labels(model_version=self.model_version).set(result["share"])
         m.detected.labels(model_version=self.model_version).set(1 if result["dataset_drift"] else 0)
