@@ -211,6 +211,34 @@ def _process(item: SourceItem, staging: Path, limits: ImageLimits) -> Processed:
     return Processed(item, sha, img.width, img.height, mode, fmt, len(data), rel)
 
 
+def previous_splits(golden: str) -> dict[str, str]:
+    """sha256 -> split of every train/val row of an earlier dataset: a row keeps the split it was first given
+    in every later version (a parent's training image never becomes a child's validation image)."""
+    from visionops.data.manifest import read_manifest_frame
+
+    frame = read_manifest_frame(golden) if str(golden).endswith(".csv") else load_dataset(golden).frame
+    kept = frame[frame["split"].isin(["train", "val"])]
+    return dict(zip(kept["sha256"].astype(str), kept["split"].astype(str), strict=True))
+
+
+def golden_extension(new: list, counts: dict[str, int], seed: int) -> list:
+    """The new images that join the golden set: ``counts[label]`` of each label, drawn with ``seed`` among
+    those without a group (a person's other photos could be in train/val)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label, count in sorted(counts.items()):
+        pool = [p for p in new if p.item.label == label and not p.item.group]
+        if count > len(pool):
+            raise DataError(
+                f"cannot add {count} {label!r} images to the golden set: only {len(pool)} new, never-trained-on "
+                f"{label!r} images without a group are in this batch"
+            )
+        chosen += [pool[i] for i in sorted(rng.choice(len(pool), size=count, replace=False))]
+    return chosen
+
+
 # -- duplicates, conflicts, splits --------------------------------------------------------------------------
 def _resolve_duplicates(done: list[Processed]) -> tuple[list[Processed], list[dict], list[dict], list[dict]]:
     """Keep one image per sha256. Returns (kept, duplicates, conflicts, quarantine rows for conflicts)."""
@@ -370,12 +398,15 @@ def ingest(
     limits: ImageLimits = DEFAULT_LIMITS,
     positive_class: str | None = None,
     progress: bool = True,
+    golden_add: dict[str, int] | None = None,
 ) -> Dataset:
     """Ingest ``source`` into a new dataset version at ``output`` (see the module docstring). Returns it.
 
     Without ``golden`` the images are split train/val/test by the fractions. With ``golden`` its test images
-    stay the test split and new images go to train/val only (``extend_golden=True`` lets a ``test_fraction``
-    of them, and new images of golden people, join the golden set).
+    stay the test split, its train/val images keep their split (matched by sha256), and new images go to
+    train/val only (``extend_golden=True`` lets a ``test_fraction`` of them, and new images of golden people,
+    join the golden set; ``golden_add`` = {label: count} adds exactly that many new images per label instead,
+    e.g. at the production prevalence).
     """
     _check_fractions(val_fraction, test_fraction)
     started = time.monotonic()
@@ -388,8 +419,10 @@ def ingest(
         )
     gold: list[SourceItem] = []
     old_golden_version = None
+    pinned: dict[str, str] = {}
     if golden:
         gold, gold_meta_cols, old_golden_version = golden_items(golden)
+        pinned = previous_splits(golden)
         metadata_cols += [c for c in gold_meta_cols if c not in metadata_cols]
     log.info("ingesting %d images (%d golden) from %s", len(items), len(gold), source)
 
@@ -430,7 +463,13 @@ def ingest(
                 continue
             new.append(p)
 
-        if golden and not extend_golden:
+        kept_split = [(p, pinned[p.sha256]) for p in new if p.sha256 in pinned]
+        new = [p for p in new if p.sha256 not in pinned]
+        if golden_add:
+            extension = golden_extension(new, golden_add, seed)
+            forced_test += extension
+            new = [p for p in new if id(p) not in {id(e) for e in extension}]
+        if golden and (not extend_golden or golden_add):
             rest = 1.0 - test_fraction
             fractions = {"train": (1.0 - val_fraction - test_fraction) / rest, "val": val_fraction / rest}
         else:
@@ -443,6 +482,7 @@ def ingest(
         placed = (
             [(p, "test") for p in kept if p.item.golden]
             + [(p, "test") for p in forced_test]
+            + kept_split
             + list(zip(new, new_splits, strict=True))
         )
         if not placed:
@@ -468,7 +508,9 @@ def ingest(
                 "source": golden,
                 "images": len(gold),
                 "previous_version": old_golden_version,
-                "extended": extend_golden,
+                "extended": extend_golden or bool(golden_add),
+                "added_by_label": dict(golden_add or {}),
+                "kept_split": len(kept_split),
                 "added": int((frame["split"] == "test").sum()) - len(gold) if golden else 0,
             },
             "seconds": round(time.monotonic() - started, 3),
@@ -485,7 +527,7 @@ def ingest(
                 "group_aware": bool((frame["group"] != "").any()),
             },
             "golden_source": golden,
-            "extend_golden": extend_golden,
+            "extend_golden": extend_golden or bool(golden_add),
             "ingest": {k: report[k] for k in ("found", "usable", "quarantined", "duplicates_dropped")}
             | {"conflicts": len(conflicts)},
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -502,7 +544,7 @@ def ingest(
         else:
             extra.update({rel: staging / rel for rel in rels})
         dataset = write_dataset(frame, meta, _output_root(output), quarantine=q_frame, extra_files=extra)
-    if golden and not extend_golden and dataset.golden_version != old_golden_version:
+    if golden and not (extend_golden or golden_add) and dataset.golden_version != old_golden_version:
         raise DataError(
             f"golden version changed ({old_golden_version} -> {dataset.golden_version}) "
             "although extend_golden is off: please report this bug"
