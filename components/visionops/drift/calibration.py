@@ -7,8 +7,9 @@ the reference itself, when the reference is made: for each window size of :data:
 pairs of (a pseudo-reference of the reference's size, a window of that size) are drawn with replacement from
 the reference rows and scored exactly as a live window is (the same normed Wasserstein and Jensen-Shannon
 distances Evidently computes). Each column's score is standardised by its null mean and standard deviation,
-and a window's statistic is the largest standardised score over the columns; the threshold is the
-``1 - alarm_rate`` quantile of that statistic over the draws. A window of ``n`` rows uses the largest
+and a window's statistic is the largest standardised score over the columns; the threshold is its
+``ceil((draws + 1) (1 - alarm_rate))``-th smallest value over the draws (the rank that keeps the rate of a
+window exchangeable with the draws at most ``alarm_rate``). A window of ``n`` rows uses the largest
 calibrated size <= ``n`` (scores shrink as windows grow, so this errs towards fewer alarms).
 
 The null scores are kept in the bundle (``drift/calibration.parquet``) next to the reference; the thresholds
@@ -22,6 +23,7 @@ would take minutes.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import numpy as np
@@ -148,7 +150,7 @@ def calibrate(
         sizes[str(n)] = {
             "mean": dict(zip(names, mean.round(8).tolist(), strict=True)),
             "std": dict(zip(names, std.round(8).tolist(), strict=True)),
-            "threshold": float(np.quantile(stat, 1.0 - alarm_rate, method="higher")),
+            "threshold": float(np.sort(stat)[min(draws, math.ceil((draws + 1) * (1.0 - alarm_rate))) - 1]),
         }
         frame = pd.DataFrame(scores, columns=names)
         frame.insert(0, "window_size", n)
