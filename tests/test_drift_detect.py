@@ -177,3 +177,67 @@ def test_settings_from_env():
         MonitorSettings.from_env({"VISIONOPS_WINDOW_SIZE": "x"})
     with pytest.raises(ConfigError, match="window size"):
         MonitorSettings(window_size=1)
+
+
+# -- calibrated thresholds and non-overlapping windows ------------------------------------------------------------
+def _rows(rng, n: int, shift: float = 0.0):
+    """Feature rows of one population (``shift`` darkens every image by that much brightness)."""
+    glasses = rng.random(n) < 0.08
+    return pd.DataFrame(
+        {
+            "brightness": np.clip(rng.beta(5, 4, n) - shift, 0, 1),
+            "contrast": np.clip(rng.gamma(4, 0.05, n), 0, 1),
+            "sharpness": rng.lognormal(0, 0.8, n),
+            "confidence": np.clip(1 - rng.beta(1, 12, n), 0.5, 1),
+            "positive_prob": np.where(glasses, rng.beta(8, 2, n), rng.beta(1, 15, n)),
+            "predicted_class": np.where(glasses, "glasses", "no_glasses"),
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def calibrated_reference():
+    from visionops.drift.reference import calibrate_reference
+
+    reference = _rows(np.random.default_rng(0), 800)
+    calibration, null = calibrate_reference(reference)
+    return reference, calibration, null
+
+
+def test_calibrated_thresholds_per_window_size(calibrated_reference):
+    from visionops.drift.calibration import size_for
+
+    reference, calibration, null = calibrated_reference
+    assert set(null["window_size"]) == set(calibration["window_sizes"])
+    assert len(null) == len(calibration["window_sizes"]) * calibration["draws"]
+    assert size_for(calibration, 49) is None and size_for(calibration, 120) == 100
+    # a null score's mean shrinks as windows grow (the window's own noise), so fixed thresholds cannot fit all
+    means = [calibration["sizes"][str(n)]["mean"]["brightness"] for n in (50, 1000)]
+    assert means[0] > 1.5 * means[1]
+    rng = np.random.default_rng(1)
+    same = compute_drift(reference, _rows(rng, 150), calibration=calibration)
+    assert same["calibrated"]["calibrated_size"] == 100 and not same["dataset_drift"]
+    dark = compute_drift(reference, _rows(rng, 150, shift=0.15), calibration=calibration)
+    assert dark["dataset_drift"] and "brightness" in dark["drifted_features"]
+    assert dark["features"]["brightness"]["standardised"] > dark["calibrated"]["threshold"]
+
+
+def test_only_non_overlapping_windows_count_towards_the_trigger(calibrated_reference):
+    from visionops.drift.sidecar import Monitor, MonitorSettings
+
+    reference, calibration, _ = calibrated_reference
+    meta = {"model_version": "m-1", "classes": ["glasses", "no_glasses"], "positive_class": "glasses",
+            "drift": {"calibration": calibration}}  # fmt: skip
+    settings = MonitorSettings(model_uri="unused", window_size=100, trigger_windows=3, trigger_dry_run=True)
+    monitor = Monitor(settings, meta=meta, reference=reference)
+    rng = np.random.default_rng(2)
+    dark = _rows(rng, 400, shift=0.2).to_dict("records")
+    monitor.ingest(dark[:100])
+    first = monitor.run_drift()
+    assert first["dataset_drift"] and first["counted"] and first["consecutive_windows"] == 1
+    monitor.ingest(dark[100:150])  # the time rule looks again after 50 rows: half the window seen before
+    again = monitor.run_drift()
+    assert again["dataset_drift"] and not again["counted"] and again["consecutive_windows"] == 1
+    monitor.ingest(dark[150:200])  # rows 100-199: no row of the last counted window
+    second = monitor.run_drift()
+    assert second["counted"] and second["consecutive_windows"] == 2
