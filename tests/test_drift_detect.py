@@ -204,6 +204,14 @@ def calibrated_reference():
     return reference, calibration, null
 
 
+def test_adjusted_count_prevalence():
+    from visionops.drift.quality import adjusted_count
+
+    # 10% true prevalence, TPR 0.9, FPR 0.02: 0.9 * 0.1 + 0.02 * 0.9 = 0.108 of traffic called glasses
+    assert adjusted_count(0.108, 0.9, 0.02) == pytest.approx(0.1)
+    assert adjusted_count(0.001, 0.9, 0.02) == 0.0 and adjusted_count(0.5, 0.3, 0.4) is None
+
+
 def test_calibrated_thresholds_per_window_size(calibrated_reference):
     from visionops.drift.calibration import size_for
 
@@ -227,7 +235,7 @@ def test_only_non_overlapping_windows_count_towards_the_trigger(calibrated_refer
 
     reference, calibration, _ = calibrated_reference
     meta = {"model_version": "m-1", "classes": ["glasses", "no_glasses"], "positive_class": "glasses",
-            "drift": {"calibration": calibration}}  # fmt: skip
+            "drift": {"calibration": calibration}, "threshold_info": {"recall": 0.9, "fpr": 0.01}}  # fmt: skip
     settings = MonitorSettings(model_uri="unused", window_size=100, trigger_windows=3, trigger_dry_run=True)
     monitor = Monitor(settings, meta=meta, reference=reference)
     rng = np.random.default_rng(2)
@@ -235,6 +243,8 @@ def test_only_non_overlapping_windows_count_towards_the_trigger(calibrated_refer
     monitor.ingest(dark[:100])
     first = monitor.run_drift()
     assert first["dataset_drift"] and first["counted"] and first["consecutive_windows"] == 1
+    called = first["class_shares"].get("glasses", 0.0)
+    assert first["estimated_prevalence"] == pytest.approx(max(0.0, (called - 0.01) / 0.89))
     monitor.ingest(dark[100:150])  # the time rule looks again after 50 rows: half the window seen before
     again = monitor.run_drift()
     assert again["dataset_drift"] and not again["counted"] and again["consecutive_windows"] == 1

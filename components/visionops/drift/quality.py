@@ -25,6 +25,16 @@ from visionops.errors import ConfigError
 from visionops.policy import CONFIDENCE, TARGET_PRECISION
 
 
+def adjusted_count(called_share: float, tpr: float, fpr: float) -> float | None:
+    """The production prevalence estimated from the share of traffic the model calls positive and its TPR/FPR
+    at the served threshold (Forman's adjusted count: q = TPR p + FPR (1 - p), solved for p, clipped to
+    [0, 1]); None when TPR <= FPR (the model does not separate the classes). A metric of its own, not drift:
+    compare it with the prevalence the gate's promise was made for."""
+    if tpr <= fpr:
+        return None
+    return float(min(1.0, max(0.0, (called_share - fpr) / (tpr - fpr))))
+
+
 class LiveQuality:
     """Windowed precision/recall of ``positive_class`` against ``target_precision``."""
 

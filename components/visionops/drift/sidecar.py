@@ -185,6 +185,7 @@ class Monitor:
         self.policy = policy
         #: thresholds calibrated per window size at reference time (None for bundles made before them)
         self.calibration = (meta.get("drift") or {}).get("calibration")
+        self.threshold_info = meta.get("threshold_info") or {}
         self.columns = monitored_columns(self.reference.columns, policy)
         if not self.columns:
             raise ConfigError(f"the drift reference of {settings.model_uri} has no feature columns")
@@ -361,8 +362,23 @@ class Monitor:
         )
         result["model_version"] = self.model_version
         result["window_rows_span"] = [end - len(current), end]
+        result["estimated_prevalence"] = self._estimated_prevalence(result)
         self._apply(result)
         return result
+
+    def _estimated_prevalence(self, result: dict) -> float | None:
+        """The window's positive share corrected for the model's errors (adjusted count), when the bundle
+        records the TPR and FPR of its threshold."""
+        from visionops.drift.quality import adjusted_count
+
+        info = self.threshold_info
+        if info.get("recall") is None or info.get("fpr") is None:
+            return None
+        called = result["class_shares"].get(self.quality.positive_class, 0.0)
+        estimate = adjusted_count(called, float(info["recall"]), float(info["fpr"]))
+        if estimate is not None:
+            self.metrics.estimated_prevalence.set(estimate)
+        return estimate
 
     def _apply(self, result: dict) -> None:
         m = self.metrics
@@ -574,6 +590,11 @@ class _Metrics:
         )
         self.live_labels = Gauge(
             "visionops_live_labels_window", "Ground-truth labels in the quality window", registry=r
+        )
+        self.estimated_prevalence = Gauge(
+            "visionops_estimated_prevalence",
+            "Share of the positive class in the last window, corrected for the model's TPR/FPR (adjusted count)",
+            registry=r,
         )
         self.retrain_alert = Gauge(
             "visionops_retrain_alert", "1 while a retraining condition holds", registry=r
