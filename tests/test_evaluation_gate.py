@@ -444,3 +444,28 @@ def test_cli_error_exits_2_with_one_line(dataset, tmp_path):
     )
     assert proc.returncode == 2
     assert "error: golden set versions differ" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_minimum_functionality_only_on_a_curated_set_of_the_models_domain(dataset, tmp_path):
+    """Without a curated set the test is skipped with the reason; with one (clear red / non-red images of this
+    model's domain) it runs on exactly those images and decides."""
+    uri = make_bundle(tmp_path / "bundle", channel=0)
+    curated = tmp_path / "curated"
+    for label, red in (("glasses", 230), ("no_glasses", 20)):
+        (curated / label).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (16, 16), (red, 40 * i, 60)).save(curated / label / f"{i}.png")
+    skipped = evaluate(
+        uri, dataset, str(tmp_path / "e1"), policy=GatePolicy(**{**FAST, "min_functionality_rate": 0.9})
+    )
+    rule = _rules(skipped)["behaviour_minimum_functionality"]
+    assert rule["status"] == "skipped" and "never used to judge a photo model" in rule["detail"]
+    ran = evaluate(
+        uri, dataset, str(tmp_path / "e2"),
+        policy=GatePolicy(**{**FAST, "min_functionality_rate": 0.9, "functionality_set": str(curated)}),
+    )  # fmt: skip
+    rule = _rules(ran)["behaviour_minimum_functionality"]
+    assert rule["status"] == "pass" and rule["value"] == 1.0 and "6 of 6 curated images" in rule["detail"]
+    # invariance ran on both classes of the golden set (the manifest is sorted by label)
+    metrics = json.loads((tmp_path / "e2" / "metrics.json").read_text())
+    assert set(metrics["behaviour"]["invariance"]["per_class"]) == set(CLASSES)
