@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-pytestmark = [pytest.mark.realdata, pytest.mark.slow]
+pytestmark = [pytest.mark.realdata, pytest.mark.slow, pytest.mark.timeout(3600)]
 
 LFW_PREVALENCE = 0.076
 #: quality rules only: the ops budget and behaviour are tested elsewhere

@@ -2,8 +2,8 @@
 decided on a fixed golden set.
 
 ``evaluate(bundle_uri, dataset_uri, output, champion_uri=None, policy=GatePolicy(), device="cpu", gated_uri=None)``
-returns the
-decision record and writes metrics.json, decision.json and the model card; see docs/evaluation.md.
+returns the decision record, writes metrics.json, decision.json and the model card, and publishes the gated
+bundle as a new version (the evaluated bundle is never modified); see docs/evaluation.md.
 Importing this package loads neither torch nor a model.
 """
 
