@@ -17,9 +17,8 @@ from visionops.evaluation.metrics import (
     proportion_interval,
     two_proportion_pvalue,
 )
-from visionops.evaluation.slices import slice_metrics
 from visionops.evaluation.paired import paired_difference
-from visionops.evaluation.slices import adjust_pvalues
+from visionops.evaluation.slices import adjust_pvalues, slice_metrics
 from visionops.evaluation.threshold import (
     choose_threshold,
     fixed_sequence,
