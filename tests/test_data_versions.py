@@ -52,7 +52,17 @@ def test_golden_extension_takes_only_new_rows_at_the_production_prevalence(versi
 
     v1, batch = versions
     out = tmp_path / "v2"
-    args = ["label", "merge", v1.uri, batch, str(out), "--extend-golden", "20", "--positive-prevalence", "0.1"]
+    args = [
+        "label",
+        "merge",
+        v1.uri,
+        batch,
+        str(out),
+        "--extend-golden",
+        "20",
+        "--positive-prevalence",
+        "0.1",
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     v2 = load_dataset(str(out))
