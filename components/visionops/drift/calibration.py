@@ -8,8 +8,10 @@ pairs of (a pseudo-reference of the reference's size, a window of that size) are
 the reference rows and scored exactly as a live window is (the same normed Wasserstein and Jensen-Shannon
 distances Evidently computes). Each column's score is standardised by its null mean and standard deviation,
 and a window's statistic is the largest standardised score over the columns; the threshold is its
-``ceil((draws + 1) (1 - alarm_rate))``-th smallest value over the draws (the rank that keeps the rate of a
-window exchangeable with the draws at most ``alarm_rate``). A window of ``n`` rows uses the largest
+``ceil((draws + 1) (1 - alarm_rate / 2))``-th smallest value over the draws: the rank that keeps the rate of
+a window exchangeable with the draws at half the nominal rate, because bootstrap windows (made of the
+reference's own values) sit closer to the reference than fresh traffic does (at the plain rank the measured
+rate was 1.2-2.2% per window at a nominal 1%). A window of ``n`` rows uses the largest
 calibrated size <= ``n`` (scores shrink as windows grow, so this errs towards fewer alarms).
 
 The null scores are kept in the bundle (``drift/calibration.parquet``) next to the reference; the thresholds
@@ -36,7 +38,8 @@ WINDOW_SIZES = (50, 100, 200, 500, 1000, 2000, 5000, 10000)
 CALIBRATION_FILE = "drift/calibration.parquet"
 DEFAULT_DRAWS = 400
 DEFAULT_ALARM_RATE = 0.01
-MIN_STD = 0.001  # Evidently's floor for the reference spread in the normed Wasserstein distance
+MIN_STD = 0.001
+BOOTSTRAP_SAFETY = 2.0  # Evidently's floor for the reference spread in the normed Wasserstein distance
 
 
 def wasserstein_norm(reference: np.ndarray, current: np.ndarray) -> float:
@@ -143,6 +146,10 @@ def calibrate(
         )
     names = list(columns)
     sizes, frames = {}, []
+    # windows drawn from the reference's own rows sit closer to it than fresh traffic does: calibrated at the
+    # nominal rate the bootstrap gave 1.2-2.2% false alarms per window at a nominal 1%, so the rank is taken
+    # at half the nominal rate (benchmarks/bench_guarantees.py measures the result)
+    rank_rate = alarm_rate / BOOTSTRAP_SAFETY
     for i, n in enumerate(sorted(window_sizes)):
         scores = null_scores(reference, columns, n, draws=draws, seed=seed + i)
         mean, std = scores.mean(axis=0), np.maximum(scores.std(axis=0, ddof=1), 1e-12)
@@ -150,7 +157,7 @@ def calibrate(
         sizes[str(n)] = {
             "mean": dict(zip(names, mean.round(8).tolist(), strict=True)),
             "std": dict(zip(names, std.round(8).tolist(), strict=True)),
-            "threshold": float(np.sort(stat)[min(draws, math.ceil((draws + 1) * (1.0 - alarm_rate))) - 1]),
+            "threshold": float(np.sort(stat)[min(draws, math.ceil((draws + 1) * (1.0 - rank_rate))) - 1]),
         }
         frame = pd.DataFrame(scores, columns=names)
         frame.insert(0, "window_size", n)
