@@ -20,6 +20,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROOT = Path(__file__).resolve().parents[1]
 FACES = Path(os.environ.get("VISIONOPS_FACES_DIR", ROOT.parent / "shared" / "data" / "faces-glasses"))
+STREAM = Path(os.environ.get("VISIONOPS_STREAM_DIR", ROOT.parent / "shared" / "data" / "faces-stream"))
 REQUIRE_SYSTEM_DEPS = os.environ.get("VISIONOPS_REQUIRE_SYSTEM_DEPS") == "1"
 
 
@@ -58,6 +59,15 @@ def faces_dir() -> Path:
     if not (FACES / "glasses").is_dir():
         pytest.skip(f"real face photos not found at {FACES} (set VISIONOPS_FACES_DIR)")
     return FACES
+
+
+@pytest.fixture(scope="session")
+def faces_stream() -> Path:
+    """7,995 more real photos at their natural glasses share (manifest.csv: file, label, mtfl_subset ...;
+    lfw_5590 7.6% glasses, net_7876 3.6%): production traffic for prevalence tests."""
+    if not (STREAM / "manifest.csv").is_file():
+        pytest.skip(f"real photo stream not found at {STREAM} (set VISIONOPS_STREAM_DIR)")
+    return STREAM
 
 
 class MotoS3:

@@ -37,8 +37,6 @@ MAX_FUNCTION_LINES = 100
 
 #: Functions allowed over MAX_FUNCTION_LINES: declarative tables only, each with the reason it reads as one.
 LONG_FUNCTIONS = {
-    "visionops.evaluation.gate.rules": "the gate's rule table: one _rule(name, description, value, limit, "
-    "passed) record per rule, in report order",
     "visionops.experiments.analysis.render_html": "HTML template of the experiment report: one section "
     "after another",
     "visionops.pipeline.training.build_training_pipeline": "the training pipeline's graph: one KFP task per "

@@ -122,14 +122,41 @@ def test_window_is_bounded_and_ordered():
 
 
 def test_live_quality_exact():
-    q = LiveQuality("glasses", window=4, max_pending=3, min_labels=2, target_precision=0.9)
+    q = LiveQuality("glasses", window=200, max_pending=3, min_labels=2, target_precision=0.9)
     for rid, pred in [("a", "glasses"), ("b", "glasses"), ("c", "no_glasses"), ("d", "glasses")]:
         q.record_prediction(rid, pred)
     assert not q.add_label("a", "glasses")  # forgotten: only 3 pending predictions are kept
     assert q.add_label("b", "glasses") and q.add_label("c", "glasses") and q.add_label("d", "no_glasses")
     s = q.summary()
     assert s["precision"] == pytest.approx(0.5) and s["recall"] == pytest.approx(0.5)
-    assert s["labels"] == 3 and s["below_target"] and s["unknown_labels"] == 1
+    assert s["labels"] == 3 and s["unknown_labels"] == 1
+    # 1 of 2: the upper bound (Clopper-Pearson, 97.5%) is far above 0.9: not proven below, no alarm
+    assert s["precision_interval"][1] == pytest.approx(0.975**0.5)
+    assert not s["below_target"]
+    # 60 more labels at precision 0.7: proven below 0.9
+    for i in range(60):
+        q.record_prediction(f"r{i}", "glasses")
+        q.add_label(f"r{i}", "glasses" if i % 10 < 7 else "no_glasses")
+    s = q.summary()
+    assert s["precision_interval"][1] < 0.9 and s["below_target"]
+
+
+def test_live_quality_weights_labels_by_their_selection_probability():
+    """Half the labels come from a 1-in-10 random sample (weight 10), half from a take-all stratum of hard
+    images (weight 1): the weighted precision is the traffic's, the unweighted one is not."""
+    q = LiveQuality("glasses", window=1000, max_pending=1000, min_labels=10, target_precision=0.9)
+    for i in range(40):  # random sample of traffic: 39 of 40 called glasses are right
+        q.record_prediction(f"s{i}", "glasses")
+        q.add_label(f"s{i}", "glasses" if i else "no_glasses", 0.1)
+    for i in range(40):  # take-all hard stratum: 20 of 40 right
+        q.record_prediction(f"h{i}", "glasses")
+        q.add_label(f"h{i}", "glasses" if i % 2 else "no_glasses", 1.0)
+    s = q.summary()
+    expected = (39 * 10 + 20) / (40 * 10 + 40)
+    assert s["precision"] == pytest.approx(expected)
+    assert s["precision_effective_n"] == pytest.approx(440**2 / (40 * 100 + 40))
+    with pytest.raises(ConfigError, match="selection_probability"):
+        q.add_label("x", "glasses", 0.0)
 
 
 def test_settings_from_env():
@@ -150,3 +177,77 @@ def test_settings_from_env():
         MonitorSettings.from_env({"VISIONOPS_WINDOW_SIZE": "x"})
     with pytest.raises(ConfigError, match="window size"):
         MonitorSettings(window_size=1)
+
+
+# -- calibrated thresholds and non-overlapping windows ------------------------------------------------------------
+def _rows(rng, n: int, shift: float = 0.0):
+    """Feature rows of one population (``shift`` darkens every image by that much brightness)."""
+    glasses = rng.random(n) < 0.08
+    return pd.DataFrame(
+        {
+            "brightness": np.clip(rng.beta(5, 4, n) - shift, 0, 1),
+            "contrast": np.clip(rng.gamma(4, 0.05, n), 0, 1),
+            "sharpness": rng.lognormal(0, 0.8, n),
+            "confidence": np.clip(1 - rng.beta(1, 12, n), 0.5, 1),
+            "positive_prob": np.where(glasses, rng.beta(8, 2, n), rng.beta(1, 15, n)),
+            "predicted_class": np.where(glasses, "glasses", "no_glasses"),
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def calibrated_reference():
+    from visionops.drift.reference import calibrate_reference
+
+    reference = _rows(np.random.default_rng(0), 800)
+    calibration, null = calibrate_reference(reference)
+    return reference, calibration, null
+
+
+def test_adjusted_count_prevalence():
+    from visionops.drift.quality import adjusted_count
+
+    # 10% true prevalence, TPR 0.9, FPR 0.02: 0.9 * 0.1 + 0.02 * 0.9 = 0.108 of traffic called glasses
+    assert adjusted_count(0.108, 0.9, 0.02) == pytest.approx(0.1)
+    assert adjusted_count(0.001, 0.9, 0.02) == 0.0 and adjusted_count(0.5, 0.3, 0.4) is None
+
+
+def test_calibrated_thresholds_per_window_size(calibrated_reference):
+    from visionops.drift.calibration import size_for
+
+    reference, calibration, null = calibrated_reference
+    assert set(null["window_size"]) == set(calibration["window_sizes"])
+    assert len(null) == len(calibration["window_sizes"]) * calibration["draws"]
+    assert size_for(calibration, 49) is None and size_for(calibration, 120) == 100
+    # a null score's mean shrinks as windows grow (the window's own noise), so fixed thresholds cannot fit all
+    means = [calibration["sizes"][str(n)]["mean"]["brightness"] for n in (50, 1000)]
+    assert means[0] > 1.5 * means[1]
+    rng = np.random.default_rng(1)
+    same = compute_drift(reference, _rows(rng, 150), calibration=calibration)
+    assert same["calibrated"]["calibrated_size"] == 100 and not same["dataset_drift"]
+    dark = compute_drift(reference, _rows(rng, 150, shift=0.15), calibration=calibration)
+    assert dark["dataset_drift"] and "brightness" in dark["drifted_features"]
+    assert dark["features"]["brightness"]["standardised"] > dark["calibrated"]["threshold"]
+
+
+def test_only_non_overlapping_windows_count_towards_the_trigger(calibrated_reference):
+    from visionops.drift.monitor import Monitor
+
+    reference, calibration, _ = calibrated_reference
+    meta = {"model_version": "m-1", "classes": ["glasses", "no_glasses"], "positive_class": "glasses",
+            "drift": {"calibration": calibration}, "threshold_info": {"recall": 0.9, "fpr": 0.01}}  # fmt: skip
+    settings = MonitorSettings(model_uri="unused", window_size=100, trigger_windows=3, trigger_dry_run=True)
+    monitor = Monitor(settings, meta=meta, reference=reference)
+    rng = np.random.default_rng(2)
+    dark = _rows(rng, 400, shift=0.2).to_dict("records")
+    monitor.ingest(dark[:100])
+    first = monitor.run_drift()
+    assert first["dataset_drift"] and first["counted"] and first["consecutive_windows"] == 1
+    called = first["class_shares"].get("glasses", 0.0)
+    assert first["estimated_prevalence"] == pytest.approx(max(0.0, (called - 0.01) / 0.89))
+    monitor.ingest(dark[100:150])  # the time rule looks again after 50 rows: half the window seen before
+    again = monitor.run_drift()
+    assert again["dataset_drift"] and not again["counted"] and again["consecutive_windows"] == 1
+    monitor.ingest(dark[150:200])  # rows 100-199: no row of the last counted window
+    second = monitor.run_drift()
+    assert second["counted"] and second["consecutive_windows"] == 2

@@ -63,7 +63,14 @@ def test_attach_reference_local(dataset, synth_images, tmp_path):
 
     online = pd.DataFrame(feature_rows(bundle, [Image.open(p).convert("RGB") for p in paths]))
     offline = ref.set_index(frame["path"]).loc[paths].reset_index(drop=True)
+    assert offline["label"].tolist() == frame.set_index("path").loc[paths, "label"].tolist()
+    offline = offline.drop(columns=["label"])  # the true label: reference only, for reweighting
     pd.testing.assert_frame_equal(online[offline.columns], offline, check_dtype=False, atol=1e-4)
+    # thresholds calibrated per window size are kept with the reference
+    calibration = entry["calibration"]
+    assert calibration["window_sizes"][0] == 50 and calibration["window_sizes"][-1] == 10_000
+    assert (tmp_path / "bundle" / calibration["file"]).is_file()
+    assert all(size["threshold"] > 0 for size in calibration["sizes"].values())
     assert len(load_images(synth_images)) == 48
 
 

@@ -17,8 +17,16 @@ from visionops.evaluation.metrics import (
     proportion_interval,
     two_proportion_pvalue,
 )
-from visionops.evaluation.slices import slice_metrics
-from visionops.evaluation.threshold import choose_threshold, sweep
+from visionops.evaluation.paired import paired_difference
+from visionops.evaluation.slices import adjust_pvalues, slice_metrics
+from visionops.evaluation.threshold import (
+    choose_threshold,
+    fixed_sequence,
+    max_fpr_for,
+    precision_at,
+    precision_lower_bound,
+    sweep,
+)
 
 Z = 1.959963984540054  # two-sided 95% normal quantile
 
@@ -67,35 +75,69 @@ def _ranked(*blocks: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     return np.linspace(0.99, 0.01, len(labels)), labels
 
 
-def test_threshold_hand_built_72_clean_positives_clopper_pearson_yes_wilson_no():
-    # 72 positives ranked first, then 30 negatives. All-correct 72/72: CP lower bound 0.025^(1/72) = 0.950056
-    # >= 0.95, Wilson 72 / (72 + 1.96^2) = 0.949349 < 0.95 (Wilson needs 73 clean positives).
-    scores, labels = _ranked((1, 72), (0, 30))
-    cp = choose_threshold(scores, labels, target=0.95, method="clopper-pearson")
-    assert (
-        cp.met and cp.cut_score == scores[71] and cp.threshold == pytest.approx((scores[71] + scores[72]) / 2)
+def test_precision_bound_closed_form_and_prevalence():
+    # all positives found, no false positive: TPR >= (a/2)^(1/n_pos), FPR <= 1 - (a/2)^(1/n_neg), a = 0.025
+    a = 0.0125
+    tpr, fpr = a ** (1 / 100), 1 - a ** (1 / 400)
+    for p in (0.5, 0.076, 0.036):
+        expected = tpr * p / (tpr * p + fpr * (1 - p))
+        assert precision_lower_bound(100, 100, 0, 400, p, 0.025) == pytest.approx(expected, rel=1e-9)
+    assert precision_at(0.9, 0.008, 0.036) == pytest.approx(0.9 * 0.036 / (0.9 * 0.036 + 0.008 * 0.964))
+    # the issue's figure: at 8% prevalence precision >= 0.95 needs FPR <= 0.0046 x recall
+    assert max_fpr_for(0.95, 0.08) == pytest.approx(0.0046, abs=5e-5)
+
+
+def test_threshold_certified_at_half_refused_at_rare_prevalence_with_shortfall():
+    # 150 clean positives ranked above 150 negatives: proven at 50/50, not at 5% (too few negatives)
+    scores, labels = _ranked((1, 150), (0, 150))
+    half = choose_threshold(scores, labels, prevalence=0.5)
+    # candidate thresholds come from the ordering part's scores: the lowest of its positives
+    assert half.met and half.recall > 0.98 and half.fp == 0 and half.prevalence == 0.5
+    assert scores[149] <= half.threshold < scores[140] and half.precision_lower >= 0.95
+    rare = choose_threshold(scores, labels, prevalence=0.05)
+    assert not rare.met and rare.shortfall > 0.1 and rare.more_negatives_alone > 1000
+    assert "no threshold proves precision >= 0.95 at prevalence 0.05" in rare.reason
+    assert f"or about {rare.more_negatives_alone} more negative images alone" in rare.reason
+    # the proposed amount of negatives really proves it (same error rates: still no false positive)
+    n_neg = rare.n_negative + math.ceil(rare.more_negatives_alone * 0.7)
+    assert precision_lower_bound(rare.tp, rare.n_positive, 0, n_neg, 0.05, 0.025) >= 0.95
+    unstated = choose_threshold(scores, labels)
+    assert unstated.prevalence == 0.5 and unstated.prevalence_source.startswith("validation split")
+
+
+def test_fixed_sequence_stops_at_the_first_failure():
+    # ordering part: two positives on top, so the sequence starts at 0.98 and walks down in steps of 0.01.
+    # testing part: 150 positives above 0.98 (the first thresholds pass), 25 negatives at 0.955 (0.95 fails),
+    # 50 more positives down to 0.6 (there the bound would pass again): the sequence never gets there.
+    order_scores = np.r_[[0.99, 0.98], np.linspace(0.97, 0.0, 98)]
+    order_pos = np.r_[[True, True], np.zeros(98, bool)]
+    test_scores = np.r_[
+        np.full(150, 0.985), np.linspace(0.9, 0.6, 50), np.full(25, 0.955), np.linspace(0.49, 0, 400)
+    ]
+    test_pos = np.r_[np.ones(200, bool), np.zeros(425, bool)]
+    seq = fixed_sequence(
+        order_scores, order_pos, test_scores, test_pos, target=0.9, prevalence=0.5, alpha=0.025
     )
-    assert cp.recall == 1.0 and cp.tp == 72 and cp.fp == 0
-    assert cp.precision_lower == pytest.approx(0.025 ** (1 / 72))
-    wilson = choose_threshold(scores, labels, target=0.95, method="wilson")
-    assert not wilson.met
-    assert wilson.best_lower_bound == pytest.approx(72 / (72 + Z * Z))
-    assert wilson.shortfall == pytest.approx(0.95 - 72 / (72 + Z * Z))
-    assert "0.0007 short of the target 0.95" in wilson.reason
-    scores, labels = _ranked((1, 73), (0, 30))
-    assert choose_threshold(scores, labels, target=0.95, method="wilson").cut_score == scores[72]
+    assert seq["thresholds"][0] == 0.98
+    failed = np.flatnonzero(seq["lower"] < 0.9)
+    assert seq["thresholds"][failed[0]] == pytest.approx(0.95)
+    assert seq["last_passed"] == failed[0] - 1
+    assert (seq["lower"][failed[0] + 1 :] >= 0.9).any()  # a later threshold would have passed
+    assert (seq["lower"][: seq["last_passed"] + 1] >= 0.9).all()
 
 
-def test_threshold_maximises_recall_under_the_bound():
-    # 80 positives, 1 negative, 5 positives, 50 negatives. Going below the negative gives 85/86 with a Wilson
-    # lower bound of 0.9370 (< 0.95), so the best threshold stops at the 80th positive: recall 80/85.
-    scores, labels = _ranked((1, 80), (0, 1), (1, 5), (0, 50))
+def test_useless_model_is_refused_and_told_data_will_not_help():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 400)
+    scores = rng.random(400)  # a useless model
     choice = choose_threshold(scores, labels, target=0.95)
-    assert choice.met and choice.cut_score == scores[79] and choice.recall == pytest.approx(80 / 85)
-    assert proportion_interval(85, 86)[0] == pytest.approx(0.93703, abs=1e-5)
-    # a looser target admits the lower threshold: all 85 positives found with one false positive
-    loose = choose_threshold(scores, labels, target=0.93)
-    assert loose.cut_score == scores[85] and loose.recall == 1.0 and loose.fp == 1
+    assert not choice.met and choice.shortfall > 0.2
+    assert choice.shortfall == pytest.approx(0.95 - choice.precision_lower)
+    assert choice.more_negatives is None and "more data will not help" in choice.reason
+    record = decide(_summary(choice=choice.to_dict()), None, GatePolicy(), golden_version="gs-1")
+    assert not record["blessed"]
+    assert record["reasons"][0].startswith("precision_constraint: ")
+    assert f"{choice.shortfall:.4f} short of the target" in record["reasons"][0]
 
 
 def test_threshold_ties_are_taken_together():
@@ -104,20 +146,6 @@ def test_threshold_ties_are_taken_together():
     table = sweep(scores, labels, confidence=0.95, method="wilson")
     assert table["threshold"].tolist() == [0.9, 0.8, 0.1]
     assert table["tp"].tolist() == [1, 3, 3] and table["fp"].tolist() == [0, 1, 2]
-
-
-def test_impossible_target_fails_with_reason_and_shortfall():
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 2, 400)
-    scores = rng.random(400)  # a useless model
-    choice = choose_threshold(scores, labels, target=0.95)
-    assert not choice.met and choice.shortfall > 0.2
-    assert choice.shortfall == pytest.approx(0.95 - choice.best_lower_bound)
-    assert "no threshold reaches the target" in choice.reason
-    record = decide(_summary(choice=choice.to_dict()), None, GatePolicy(), golden_version="gs-1")
-    assert not record["blessed"]
-    assert record["reasons"][0].startswith("precision_constraint: ")
-    assert f"{choice.shortfall:.4f} short of the target" in record["reasons"][0]
 
 
 def test_threshold_refuses_val_without_positives():
@@ -192,27 +220,31 @@ def _summary(
     *,
     recall: float = 0.8,
     met: bool = True,
-    precision: float = 0.97,
+    golden_lower: float = 0.96,
     p95: float = 20.0,
     size: float = 1.0,
     memory: float = 100.0,
     throughput: float = 500.0,
     choice: dict | None = None,
     version: str = "m-challenger",
+    paired: dict | None = None,
 ) -> dict:
     """An evaluation summary as :func:`visionops.evaluation.run.score_model` + ops/behaviour produce it."""
     choice = choice or {
         "threshold": 0.7,
         "met": met,
+        "prevalence": 0.5,
         "precision_lower": 0.955 if met else 0.9,
-        "best_lower_bound": 0.955 if met else 0.9,
         "reason": "hand-made",
     }
     return {
         "uri": f"/models/{version}",
         "model_version": version,
         "threshold_choice": choice,
-        "test": {"positive": {"precision": precision, "recall": recall, "tp": 80, "fp": 2}},
+        "test": {
+            "positive": {"precision": 0.97, "recall": recall, "tp": 80, "fn": 20, "fp": 2, "tn": 98},
+            "precision_at_prevalence": {"lower": golden_lower, "precision": 0.97, "fpr_needed": 0.04},
+        },
         "ops": {
             "latency_ms": {"p95": p95},
             "model_size_mb": size,
@@ -225,9 +257,10 @@ def _summary(
         "behaviour": {
             "invariance": {"status": "ran", "rate": 0.98, "detail": ""},
             "directional": {"status": "ran", "rate": 0.9, "detail": ""},
-            "minimum_functionality": {"status": "skipped", "rate": None, "detail": "no generator"},
+            "minimum_functionality": {"status": "skipped", "rate": None, "detail": "no curated set"},
         },
         "slices": {"flagged": []},
+        "paired": paired,
     }
 
 
@@ -235,33 +268,59 @@ def _by_name(record: dict) -> dict:
     return {r["name"]: r for r in record["rules"]}
 
 
-def test_worse_challenger_refused_better_blessed():
-    policy = GatePolicy(recall_tolerance=0.01)
-    champion = _summary(recall=0.80, version="m-champion")
-    worse = decide(_summary(recall=0.78), champion, policy, golden_version="gs-1")
-    assert not worse["blessed"] and worse["verdict"] == "refused"
+def _paired(challenger_hits: int, champion_hits: int, both: int, n: int = 150, fp=(2, 2, 2)) -> dict:
+    """A paired comparison from counts: positives found by each model (``both`` by both) and false alarms."""
+    y = np.ones(n, bool)
+    ch, cp = np.zeros(n, bool), np.zeros(n, bool)
+    ch[:both] = cp[:both] = True
+    ch[both:challenger_hits] = True
+    cp[challenger_hits : challenger_hits + champion_hits - both] = True
+    neg = np.zeros(n, bool)
+    ch_fp, cp_fp = neg.copy(), neg.copy()
+    ch_fp[: fp[0]] = True
+    cp_fp[fp[0] - fp[2] : fp[0] - fp[2] + fp[1]] = True
+    from visionops.evaluation.paired import compare
+
+    return compare(np.r_[y, ~y], np.r_[ch, ch_fp], np.r_[cp, cp_fp], alpha=0.025)
+
+
+def test_paired_non_inferiority_refuses_worse_blesses_equal():
+    policy = GatePolicy(recall_tolerance=0.05)
+    champion = _summary(version="m-champion")
+    # 20 points worse (60 vs 80 of 100 positives): the lower bound is far below -0.05
+    worse = decide(_summary(paired=_paired(60, 80, 60)), champion, policy, golden_version="gs-1")
     rule = _by_name(worse)["recall_vs_champion"]
-    assert rule["status"] == "fail" and rule["value"] == 0.78 and rule["limit"] == pytest.approx(0.79)
-    assert any(r.startswith("recall_vs_champion: 0.78 < limit 0.79") for r in worse["reasons"])
-    within = decide(_summary(recall=0.795), champion, policy, golden_version="gs-1")
-    assert within["blessed"]  # 0.005 worse: inside the tolerance
-    better = decide(_summary(recall=0.86), champion, policy, golden_version="gs-1")
-    assert better["blessed"] and better["champion"]["model_version"] == "m-champion"
-    assert better["champion"]["recall_at_target_precision"] == 0.80
-    assert all(r["status"] in ("pass", "skipped") for r in better["rules"])
+    assert not worse["blessed"] and rule["status"] == "fail" and rule["limit"] == -0.05
+    assert "20 only by the champion" in rule["detail"]
+    # 2 false alarms each, the same images: proven within the default FPR margin on 150 negatives
+    # identical answers: difference 0 with a tight bound: passes
+    same = decide(_summary(paired=_paired(80, 80, 80)), champion, policy, golden_version="gs-1")
+    assert same["blessed"], same["reasons"]
+    assert _by_name(same)["fpr_vs_champion"]["status"] == "pass"
+
+
+def test_paired_difference_matches_counts_and_mcnemar():
+    a = np.r_[np.ones(30, bool), np.zeros(10, bool), np.ones(5, bool)]
+    b = np.r_[np.ones(30, bool), np.ones(10, bool), np.zeros(5, bool)]
+    out = paired_difference(a, b, alpha=0.025)
+    assert out["only_a"] == 5 and out["only_b"] == 10 and out["difference"] == pytest.approx(-5 / 45)
+    assert out["lower"] < out["difference"] < out["upper"]
+    from scipy import stats
+
+    assert out["mcnemar_p"] == pytest.approx(stats.binomtest(5, 15, 0.5).pvalue)
 
 
 def test_champion_that_misses_the_constraint_counts_as_zero_recall():
     champion = _summary(recall=0.95, met=False, version="m-champion")
     record = decide(_summary(recall=0.5), champion, GatePolicy(), golden_version="gs-1")
-    assert record["blessed"] and _by_name(record)["recall_vs_champion"]["limit"] == pytest.approx(-0.01)
+    assert record["blessed"] and _by_name(record)["recall_vs_champion"]["limit"] == 0.0
 
 
 def test_ops_budget_refuses_an_otherwise_better_model():
     champion = _summary(recall=0.80, version="m-champion")
     policy = GatePolicy(max_model_mb=50.0, max_p95_latency_ms=100.0, max_memory_mb=500.0, min_throughput=20.0)
     big = decide(
-        _summary(recall=0.90, size=97.5, p95=250.0, memory=900.0, throughput=8.0),
+        _summary(recall=0.90, size=97.5, p95=250.0, memory=900.0, throughput=8.0, paired=_paired(90, 80, 80)),
         champion,
         policy,
         golden_version="gs-1",
@@ -291,11 +350,12 @@ def test_no_champion_absolute_rules_decide_and_none_limits_are_skipped():
     assert "no champion: the absolute rules decided (first model)" in record["reasons"]
 
 
-def test_golden_precision_and_behaviour_rules():
-    low = decide(_summary(precision=0.93), None, GatePolicy(), golden_version="gs-1")
-    assert _by_name(low)["golden_precision"]["status"] == "fail" and not low["blessed"]
+def test_golden_rule_uses_the_bound_and_behaviour_rules():
+    low = decide(_summary(golden_lower=0.93), None, GatePolicy(), golden_version="gs-1")
+    rule = _by_name(low)["golden_precision"]
+    assert rule["status"] == "fail" and rule["value"] == 0.93 and not low["blessed"]
     lenient = decide(
-        _summary(precision=0.93), None, GatePolicy(require_golden_precision=False), golden_version="gs-1"
+        _summary(golden_lower=0.93), None, GatePolicy(require_golden_precision=False), golden_version="gs-1"
     )
     assert "golden_precision" not in _by_name(lenient) and lenient["blessed"]
     strict = decide(_summary(), None, GatePolicy(min_directional_rate=0.95), golden_version="gs-1")
@@ -304,6 +364,14 @@ def test_golden_precision_and_behaviour_rules():
     slices["slices"]["flagged"] = [{"column": "hair_colour", "value": "red", "n": 60, "worse_in": ["recall"]}]
     assert not decide(slices, None, GatePolicy(max_flagged_slices=0), golden_version="gs-1")["blessed"]
     assert decide(slices, None, GatePolicy(), golden_version="gs-1")["blessed"]  # reported, not gated
+
+
+def test_holm_and_bh_adjustments_match_statsmodels():
+    multitest = pytest.importorskip("statsmodels.stats.multitest")
+    p = np.array([0.001, 0.01, 0.02, 0.04, 0.3, 0.03])
+    for ours, theirs in (("holm", "holm"), ("bh", "fdr_bh")):
+        expected = multitest.multipletests(p, method=theirs)[1]
+        assert adjust_pvalues(p, ours) == pytest.approx(expected)
 
 
 def test_policy_round_trip_and_validation():
@@ -319,3 +387,6 @@ def test_policy_round_trip_and_validation():
         GatePolicy(target_precision=1.5)
     with pytest.raises(ConfigError, match="interval 'exact' unknown"):
         GatePolicy(interval="exact")
+    with pytest.raises(ConfigError, match="positive_prevalence must be in"):
+        GatePolicy(positive_prevalence=0.0)
+    assert GatePolicy.from_dict({"positive_prevalence": 0.076}).positive_prevalence == 0.076

@@ -186,6 +186,11 @@ def test_budget_and_random_share(tmp_path):
     frame = sel.frame
     assert len(frame) == 10
     assert (frame["reason"] == "random").sum() == 3 and (frame["reason"] == "uncertain").sum() == 7
+    # each row records its selection probability: the uncertain stratum is taken whole, the random share is
+    # 3 of the 33 other images
+    probability = frame.groupby("reason")["selection_probability"].unique()
+    assert list(probability["uncertain"]) == [1.0]
+    assert list(probability["random"]) == [pytest.approx(3 / 33)]
     # every uncertain pick is at least as close to the threshold as every image that was not picked
     chosen = set(frame["request_id"])
     all_dist = {f"req-{i:03d}": abs(p - 0.5) for i, p in enumerate(probs)}

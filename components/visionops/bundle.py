@@ -51,6 +51,42 @@ def model_version_of(weights: bytes, meta: dict) -> str:
     return f"m-{digest.hexdigest()[:12]}"
 
 
+def rule_version_of(meta: dict[str, Any]) -> str:
+    """The version of a gated bundle: its weights' version and its decision rule (threshold, positive class).
+
+    Two bundles with the same weights but another threshold answer differently, so they are different
+    versions; every record that names a version then means the same answers. The gate's verdicts on ONNX
+    artifacts (``runtime_evaluations``: which file, its threshold, blessed or not) decide what serving may
+    answer with, so they are part of the rule too."""
+    rule: dict[str, Any] = {
+        "weights": meta.get("weights_version") or meta["model_version"],
+        "threshold": float(meta["threshold"]),
+        "positive_class": meta.get("positive_class"),
+        "classes": meta.get("classes"),
+    }
+    runtimes = meta.get("runtime_evaluations") or {}
+    if runtimes:
+        rule["runtimes"] = {
+            name: [v.get("artifact_sha256"), v.get("threshold"), (v.get("evaluation") or {}).get("blessed")]
+            for name, v in sorted(runtimes.items())
+        }
+    digest = hashlib.sha256(json.dumps(rule, sort_keys=True).encode())
+    return f"m-{digest.hexdigest()[:12]}"
+
+
+def copy_bundle(uri: str, local_dir: str | Path) -> Path:
+    """Every file of the bundle at ``uri`` copied into ``local_dir`` (which must not exist yet, for local
+    sources): the starting point of a derived bundle, published under a new URI with
+    :func:`visionops.storage.publish_dir`. The source is never modified."""
+    read_meta(uri)
+    local_dir = Path(local_dir)
+    if storage.is_remote(uri):
+        storage.download_dir(uri, local_dir)
+    else:
+        shutil.copytree(uri, local_dir)
+    return local_dir
+
+
 def save_bundle(model, meta: dict[str, Any], uri: str, *, extra_files: dict[str, Path] | None = None) -> str:
     """Write ``model`` (its state dict, as safetensors) and ``meta`` as a bundle at ``uri``.
 
@@ -168,7 +204,8 @@ def validate_meta(uri: str, meta: dict[str, Any]) -> None:
 
 
 def update_meta(uri: str, **changes: Any) -> dict[str, Any]:
-    """Rewrite selected metadata fields (e.g. the threshold chosen by evaluation). Weights are untouched."""
+    """Rewrite selected metadata fields of a bundle that is being built (not yet published: a published
+    bundle is never rewritten; evaluation publishes a new version instead). Weights are untouched."""
     meta = read_meta(uri)
     meta.update(changes)
     storage.write_text(storage.join(uri, MARKER), json.dumps(meta, indent=2, sort_keys=True, default=str))

@@ -295,6 +295,34 @@ def _process(item: SourceItem, staging: Path, limits: ImageLimits) -> Processed:
     return Processed(item, sha, width, height, mode, fmt, len(data), rel)
 
 
+def previous_splits(golden: str) -> dict[str, str]:
+    """sha256 -> split of every train/val row of an earlier dataset: a row keeps the split it was first given
+    in every later version (a parent's training image never becomes a child's validation image)."""
+    from visionops.data.manifest import read_manifest_frame
+
+    frame = read_manifest_frame(golden) if str(golden).endswith(".csv") else load_dataset(golden).frame
+    kept = frame[frame["split"].isin(["train", "val"])]
+    return dict(zip(kept["sha256"].astype(str), kept["split"].astype(str), strict=True))
+
+
+def golden_extension(new: list, counts: dict[str, int], seed: int) -> list:
+    """The new images that join the golden set: ``counts[label]`` of each label, drawn with ``seed`` among
+    those without a group (a person's other photos could be in train/val)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label, count in sorted(counts.items()):
+        pool = [p for p in new if p.item.label == label and not p.item.group]
+        if count > len(pool):
+            raise DataError(
+                f"cannot add {count} {label!r} images to the golden set: only {len(pool)} new, never-trained-on "
+                f"{label!r} images without a group are in this batch"
+            )
+        chosen += [pool[i] for i in sorted(rng.choice(len(pool), size=count, replace=False))]
+    return chosen
+
+
 # -- duplicates, conflicts, splits --------------------------------------------------------------------------
 def _resolve_duplicates(done: list[Processed]) -> tuple[list[Processed], list[dict], list[dict], list[dict]]:
     """Keep one image per sha256. Returns (kept, duplicates, conflicts, quarantine rows for conflicts)."""
@@ -494,6 +522,7 @@ class Found:
     metadata_cols: list[str]
     kind: str  # csv or imagefolder
     old_golden_version: str | None
+    pinned: dict[str, str] = field(default_factory=dict)  # sha256 -> split of the golden dataset's train/val
 
 
 @dataclass
@@ -507,6 +536,7 @@ class Triage:
     quarantine: list[dict]
     duplicates: list[dict]
     conflicts: list[dict]
+    kept_split: list[tuple[Processed, str]] = field(default_factory=list)  # earlier rows, in their old split
 
 
 def _find_items(source: str, golden: str | None, confinement: Confinement = Confinement()) -> Found:
@@ -521,11 +551,13 @@ def _find_items(source: str, golden: str | None, confinement: Confinement = Conf
         )
     gold: list[SourceItem] = []
     old_golden_version = None
+    pinned: dict[str, str] = {}
     if golden:
         gold, gold_meta_cols, old_golden_version = golden_items(golden)
+        pinned = previous_splits(golden)
         metadata_cols += [c for c in gold_meta_cols if c not in metadata_cols]
     log.info("ingesting %d images (%d golden) from %s", len(items), len(gold), source)
-    return Found(items, gold, metadata_cols, kind, old_golden_version)
+    return Found(items, gold, metadata_cols, kind, old_golden_version, pinned)
 
 
 def _require_intact_golden(results: list[Processed], golden: str | None) -> None:
@@ -571,6 +603,20 @@ def _triage(results: list[Processed], extend_golden: bool) -> Triage:
     return Triage(results, golden_kept, forced_test, new, quarantine, duplicates, conflicts)
 
 
+def _keep_splits(
+    triage: Triage, pinned: dict[str, str], golden_add: dict[str, int] | None, seed: int
+) -> None:
+    """Rows of an earlier version keep their split (matched by sha256); with ``golden_add`` exactly that many
+    new, never-trained-on images per label join the golden set. Updates ``triage`` in place."""
+    triage.kept_split = [(p, pinned[p.sha256]) for p in triage.new if p.sha256 in pinned]
+    triage.new = [p for p in triage.new if p.sha256 not in pinned]
+    if golden_add:
+        extension = golden_extension(triage.new, golden_add, seed)
+        chosen = {id(e) for e in extension}
+        triage.forced_test += extension
+        triage.new = [p for p in triage.new if id(p) not in chosen]
+
+
 def _split_fractions(
     golden: str | None, extend_golden: bool, val_fraction: float, test_fraction: float
 ) -> dict[str, float]:
@@ -590,6 +636,7 @@ def _place(
     placed = (
         [(p, "test") for p in triage.golden]
         + [(p, "test") for p in triage.forced_test]
+        + triage.kept_split
         + list(zip(new, new_splits, strict=True))
     )
     if not placed:
@@ -609,6 +656,7 @@ def _ingest_report(
     *,
     golden: str | None,
     extend_golden: bool,
+    golden_add: dict[str, int] | None,
     started: float,
 ) -> dict[str, Any]:
     """The ingest_report.json content: counts, quarantine reasons, duplicates, conflicts, golden-set facts."""
@@ -627,7 +675,9 @@ def _ingest_report(
             "source": golden,
             "images": len(found.gold),
             "previous_version": found.old_golden_version,
-            "extended": extend_golden,
+            "extended": extend_golden or bool(golden_add),
+            "added_by_label": dict(golden_add or {}),
+            "kept_split": len(triage.kept_split),
             "added": int((frame["split"] == "test").sum()) - len(found.gold) if golden else 0,
         },
         "seconds": round(time.monotonic() - started, 3),
@@ -711,12 +761,15 @@ def ingest(
     positive_class: str | None = None,
     progress: bool = True,
     confinement: Confinement = Confinement(),
+    golden_add: dict[str, int] | None = None,
 ) -> Dataset:
     """Ingest ``source`` into a new dataset version at ``output`` (see the module docstring). Returns it.
 
     Without ``golden`` the images are split train/val/test by the fractions. With ``golden`` its test images
-    stay the test split and new images go to train/val only (``extend_golden=True`` lets a ``test_fraction``
-    of them, and new images of golden people, join the golden set).
+    stay the test split, its train/val images keep their split (matched by sha256), and new images go to
+    train/val only (``extend_golden=True`` lets a ``test_fraction`` of them, and new images of golden people,
+    join the golden set; ``golden_add`` = {label: count} adds exactly that many new images per label instead,
+    e.g. at the production prevalence).
 
     The steps: find the items, process them (hash, decode check, stage), sort them out (quarantine,
     duplicates, golden people), place them in splits, build the manifest and report, publish.
@@ -730,14 +783,22 @@ def ingest(
         results = _run_parallel(found.gold + found.items, staging, limits, workers, progress)
         _require_intact_golden(results, golden)
         triage = _triage(results, extend_golden)
-        fractions = _split_fractions(golden, extend_golden, val_fraction, test_fraction)
+        _keep_splits(triage, found.pinned, golden_add, seed)
+        fractions = _split_fractions(golden, extend_golden and not golden_add, val_fraction, test_fraction)
         placed = _place(triage, fractions, seed, source)
         frame = _build_frame(placed, output, found.metadata_cols)
         classes = sorted(frame["label"].unique())
         if len(classes) < 2:
             raise DataError(f"only class(es) {classes} have usable images after quarantine; need at least 2")
         report = _ingest_report(
-            source, found, triage, frame, golden=golden, extend_golden=extend_golden, started=started
+            source,
+            found,
+            triage,
+            frame,
+            golden=golden,
+            extend_golden=extend_golden,
+            golden_add=golden_add,
+            started=started,
         )
         (staging / REPORT).write_text(json.dumps(report, indent=2))
         meta = _dataset_meta(
@@ -747,7 +808,7 @@ def ingest(
             frame,
             positive_class=positive_class,
             golden=golden,
-            extend_golden=extend_golden,
+            extend_golden=extend_golden or bool(golden_add),
             val_fraction=val_fraction,
             test_fraction=test_fraction,
             seed=seed,
@@ -755,7 +816,7 @@ def ingest(
         dataset = _publish(
             frame, meta, triage.quarantine, placed, staging, output, workers=workers, progress=progress
         )
-    if golden and not extend_golden and dataset.golden_version != found.old_golden_version:
+    if golden and not (extend_golden or golden_add) and dataset.golden_version != found.old_golden_version:
         raise DataError(
             f"golden version changed ({found.old_golden_version} -> {dataset.golden_version}) "
             "although extend_golden is off: please report this bug"

@@ -59,6 +59,8 @@ CAT_METHODS = (
     "g_test",
 )
 PREDICTION_COLUMNS = ("predicted_class",)
+#: calibrated mode: share of a window's rows with another value that makes a reference-constant column drift
+CONSTANT_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -162,9 +164,19 @@ def _constant_column_score(ref, cur) -> float:
 
 
 def compute_drift(
-    reference, current, policy: DriftPolicy | None = None, *, keep_frames: bool = False
+    reference,
+    current,
+    policy: DriftPolicy | None = None,
+    *,
+    keep_frames: bool = False,
+    calibration: dict | None = None,
 ) -> dict:
     """Compare a window (DataFrame of feature rows) with the reference; the result is JSON-ready.
+
+    With ``calibration`` (the reference's, from :mod:`visionops.drift.calibration`, kept in the bundle) a
+    column drifts when its standardised score passes the threshold calibrated for this window size, and the
+    window drifts when any column does: a false-alarm rate per window that holds from the smallest window to
+    10,000 rows. Without it, the fixed thresholds of ``policy`` decide (see the module docstring).
 
     With ``keep_frames=True`` the compared frames are kept under ``"_frames"`` (for :func:`render_html`);
     private entries are never serialised (see :func:`public`).
@@ -191,6 +203,70 @@ def compute_drift(
         else:
             ref[name] = pd.to_numeric(ref[name], errors="coerce").astype(float)
             cur[name] = pd.to_numeric(cur[name], errors="coerce").astype(float)
+    if calibration is not None:
+        features, extra = _calibrated_features(ref, cur, columns, calibration)
+    else:
+        features, extra = _fixed_features(ref, cur, columns, policy), {}
+    result: dict[str, Any] = {
+        "timestamp": time.time(),
+        "rows": len(current),
+        "reference_rows": len(reference),
+        **verdict(features, policy),
+        **extra,
+        "class_shares": _shares(current, "predicted_class"),
+        "reference_class_shares": _shares(reference, "predicted_class"),
+        "mean_confidence": _mean(current, "confidence"),
+        "policy": policy.to_dict(),
+    }
+    if calibration is not None:
+        result["dataset_drift"] = bool(result["drifted_features"])
+        result["severe_features"] = []
+    result["duration_s"] = round(time.perf_counter() - started, 4)
+    if keep_frames:
+        # for render_html: the window and the reference, as compared (one window: bounded)
+        result["_frames"] = (ref, cur, columns)
+    return result
+
+
+def _calibrated_features(ref, cur, columns: dict[str, str], calibration: dict) -> tuple[dict, dict]:
+    """Per-column results at the thresholds calibrated for this window size."""
+    from visionops.drift.calibration import calibrated_verdict, window_scores
+
+    calibrated = {c: k for c, k in columns.items() if c in calibration["columns"]}
+    scores = window_scores(ref, cur, calibrated)
+    judged = calibrated_verdict(scores, calibration, len(cur))
+    features = {
+        name: {
+            "score": round(float(scores[name]), 6),
+            "standardised": judged["standardised"].get(name),
+            "drifted": name in judged["flagged"],
+            "method": ("wasserstein" if kind == "num" else "jensenshannon") + " (calibrated)",
+            "threshold": judged["threshold"],
+            "kind": kind,
+        }
+        for name, kind in calibrated.items()
+    }
+    # a column constant on the reference stays constant in every null draw, so the bootstrap cannot calibrate
+    # it: a window drifts there when at least CONSTANT_SHARE of its rows hold another value
+    for name, kind in columns.items():
+        if name not in calibrated:
+            score = _constant_column_score(ref[name].astype(str), cur[name].astype(str))
+            features[name] = {
+                "score": round(score, 6),
+                "standardised": None,
+                "drifted": score >= CONSTANT_SHARE,
+                "method": "constant",
+                "threshold": CONSTANT_SHARE,
+                "kind": kind,
+            }
+    extra = {
+        "calibrated": {k: judged[k] for k in ("calibrated_size", "threshold", "statistic", "alarm_rate")}
+    }
+    return features, extra
+
+
+def _fixed_features(ref, cur, columns: dict[str, str], policy: DriftPolicy) -> dict:
+    """Per-column results at the policy's fixed thresholds (Evidently's own test status)."""
     constant = [c for c, k in columns.items() if k == "num" and ref[c].nunique(dropna=True) <= 1]
     features = {}
     for name, kind in columns.items():
@@ -208,21 +284,7 @@ def compute_drift(
             "threshold": threshold,
             "kind": kind,
         }
-    result: dict[str, Any] = {
-        "timestamp": time.time(),
-        "rows": len(current),
-        "reference_rows": len(reference),
-        **verdict(features, policy),
-        "class_shares": _shares(current, "predicted_class"),
-        "reference_class_shares": _shares(reference, "predicted_class"),
-        "mean_confidence": _mean(current, "confidence"),
-        "policy": policy.to_dict(),
-    }
-    result["duration_s"] = round(time.perf_counter() - started, 4)
-    if keep_frames:
-        # for render_html: the window and the reference, as compared (one window: bounded)
-        result["_frames"] = (ref, cur, columns)
-    return result
+    return features
 
 
 def verdict(features: dict[str, dict], policy: DriftPolicy) -> dict[str, Any]:

@@ -46,6 +46,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("live_recall", "gauge", "visionops_live_recall",
            "Recall of the positive class over the labelled window"),
     Metric("live_labels", "gauge", "visionops_live_labels_window", "Ground-truth labels in the quality window"),
+    Metric("estimated_prevalence", "gauge", "visionops_estimated_prevalence",
+           "Share of the positive class in the last window, corrected for the model's TPR/FPR (adjusted count)"),
     Metric("retrain_alert", "gauge", "visionops_retrain_alert", "1 while a retraining condition holds"),
     Metric("triggered", "counter", "visionops_retrain_triggered", "Retraining trigger outcomes", ("outcome",)),
 )  # fmt: skip

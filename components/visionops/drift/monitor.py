@@ -61,6 +61,9 @@ class Monitor:
                 else DriftPolicy(drift_share=settings.drift_share)
             )
         self.policy = policy
+        #: thresholds calibrated per window size at reference time (None for bundles made before them)
+        self.calibration = (meta.get("drift") or {}).get("calibration")
+        self.threshold_info = meta.get("threshold_info") or {}
         self.columns = monitored_columns(self.reference.columns, policy)
         self._specs = {name: _spec(name) for name in self.columns}  # looked up once, not per row
         if not self.columns:
@@ -98,6 +101,7 @@ class Monitor:
             )
         self.latest: dict | None = None
         self.consecutive = 0
+        self._counted_end = 0  # rows ever appended when the last counted window ended
         self._html: str | None = None
         self._rows_since = 0
         self._last_run = time.monotonic()
@@ -222,7 +226,11 @@ class Monitor:
             if label not in self.classes:
                 problems.append(_problem(i, f"label {label!r} is not one of {self.classes}"))
                 continue
-            if self.quality.add_label(item["request_id"], label):
+            probability_problem = _selection_probability_problem(item)
+            if probability_problem:
+                problems.append(_problem(i, probability_problem))
+                continue
+            if self.quality.add_label(item["request_id"], label, item.get("selection_probability")):
                 matched += 1
             else:
                 problems.append(
@@ -240,8 +248,8 @@ class Monitor:
         if summary["below_target"]:
             self.trigger.raise_(
                 "live_precision",
-                f"live precision {summary['precision']:.3f} < target {summary['target_precision']} over "
-                f"{summary['labels']} labels",
+                f"live precision {summary['precision']:.3f} (upper bound {summary['precision_interval'][1]:.3f})"
+                f" < target {summary['target_precision']} over {summary['labels']} labels",
             )
         elif summary["precision"] is not None and summary["labels"] >= summary["min_labels"]:
             self.trigger.clear("live_precision")
@@ -260,14 +268,42 @@ class Monitor:
             self.metrics.dropped.inc(since - self.window.capacity)
         if len(current) < self.policy.min_rows:
             return None
-        result = compute_drift(self.reference, current, self.policy, keep_frames=True)
+        end = self.window.total
+        result = compute_drift(
+            self.reference, current, self.policy, keep_frames=True, calibration=self.calibration
+        )
         result["model_version"] = self.model_version
+        result["window_rows_span"] = [end - len(current), end]
+        result["estimated_prevalence"] = self._estimated_prevalence(result)
         self._apply(result)
         return result
 
+    def _estimated_prevalence(self, result: dict) -> float | None:
+        """The window's positive share corrected for the model's errors (adjusted count), when the bundle
+        records the TPR and FPR of its threshold. A metric of its own, separate from drift."""
+        from visionops.drift.quality import adjusted_count
+
+        info = self.threshold_info
+        if info.get("recall") is None or info.get("fpr") is None:
+            return None
+        called = result["class_shares"].get(self.quality.positive_class, 0.0)
+        estimate = adjusted_count(called, float(info["recall"]), float(info["fpr"]))
+        if estimate is not None:
+            self.metrics.estimated_prevalence.set(estimate)
+        return estimate
+
+    def _count_window(self, result: dict) -> None:
+        """Move the "N drifted windows in a row" count: only non-overlapping windows count. A window that
+        shares rows with the last counted one (time-triggered runs) is reported but does not move it."""
+        start, end = result.get("window_rows_span") or (self._counted_end, self._counted_end + 1)
+        result["counted"] = start >= self._counted_end
+        if result["counted"]:
+            self.consecutive = self.consecutive + 1 if result["dataset_drift"] else 0
+            self._counted_end = end
+
     def _apply(self, result: dict) -> None:
         m = self.metrics
-        self.consecutive = self.consecutive + 1 if result["dataset_drift"] else 0
+        self._count_window(result)
         result["consecutive_windows"] = self.consecutive
         m.share.labels(model_version=self.model_version).set(result["share"])
         m.detected.labels(model_version=self.model_version).set(1 if result["dataset_drift"] else 0)
@@ -400,6 +436,19 @@ def _spec(name: str):
     from visionops.features import spec_for
 
     return spec_for(name)
+
+
+def _selection_probability_problem(item: dict) -> str | None:
+    """Why a label's ``selection_probability`` cannot weight it, or None: an uncertainty-sampled label needs
+    its probability (unweighted it biases live quality towards hard images), and a probability is in (0, 1]."""
+    probability = item.get("selection_probability")
+    if probability is None:
+        if item.get("reason") == "uncertain":
+            return "an uncertainty-sampled label needs its selection_probability"
+        return None
+    if isinstance(probability, bool) or not isinstance(probability, int | float) or not 0 < probability <= 1:
+        return f"selection_probability must be in (0, 1], got {probability!r}"
+    return None
 
 
 def _problem(index: int, error: str, status: HTTPStatus = HTTPStatus.UNPROCESSABLE_ENTITY) -> dict:

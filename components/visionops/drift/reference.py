@@ -6,6 +6,11 @@
     drift/reference.parquet        one feature row per reference image (see visionops.features)
 
 and then records them in ``bundle.json`` under ``"drift"`` (last, so a reader never sees half a profile).
+
+The rows carry the bundle's decision rule as it is when the profile is made: evaluation computes the profile
+of the gated bundle again, with its final threshold, so that ``predicted_class`` and ``confidence`` match what
+serving answers. With ``prevalence`` the rows are subsampled (seeded, by true label) so that the positive
+class has the production share: a 50/50 reference against few-percent traffic flags every window.
 """
 
 from __future__ import annotations
@@ -101,6 +106,7 @@ def attach_reference(
     components: int = DEFAULT_COMPONENTS,
     seed: int = 0,
     progress: bool = True,
+    prevalence: float | None = None,
 ) -> dict:
     """Compute the reference profile of ``split`` of a dataset with the bundle's model and store it in the
     bundle's drift slot. Returns the ``drift`` entry written to ``bundle.json``.
@@ -131,10 +137,17 @@ def attach_reference(
         "drift reference: %d %s images of %s with model %s", len(uris), split, dataset_uri, bundle.version
     )
     ref, mean, comps = compute_reference(bundle, uris, k=components, progress=progress)
+    ref["label"] = frame["label"].astype(str).to_numpy()
+    if prevalence is not None:
+        ref = reweight(ref, bundle.positive_class, prevalence, seed=seed)
+    calibration, null = calibrate_reference(ref, seed=seed)
     buf = io.BytesIO()
     ref.to_parquet(buf, index=False)
     _write(bundle_uri, PROJECTION_FILE, save_safetensors({"mean": mean, "components": comps}))
     _write(bundle_uri, REFERENCE_FILE, buf.getvalue())
+    null_buf = io.BytesIO()
+    null.to_parquet(null_buf, index=False)
+    _write(bundle_uri, calibration["file"], null_buf.getvalue())
     shares = ref["predicted_class"].value_counts(normalize=True).sort_index()
     entry = {
         "reference": REFERENCE_FILE,
@@ -150,13 +163,52 @@ def attach_reference(
         "class_shares": {str(k): round(float(v), 4) for k, v in shares.items()},
         "label_shares": {
             str(k): round(float(v), 4)
-            for k, v in frame["label"].value_counts(normalize=True).sort_index().items()
+            for k, v in ref["label"].value_counts(normalize=True).sort_index().items()
         },
+        "prevalence": prevalence,
+        "threshold": bundle.threshold,
+        "calibration": calibration,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     update_meta(bundle_uri, drift=entry)
     log.info("drift reference written to %s/drift in %.1fs", bundle_uri, time.perf_counter() - started)
     return entry
+
+
+def calibrate_reference(ref, *, seed: int = 0):
+    """The reference's drift thresholds per window size (:mod:`visionops.drift.calibration`): the JSON entry
+    and the null scores."""
+    from visionops.drift.calibration import calibrate
+    from visionops.drift.detect import DriftPolicy, monitored_columns
+
+    columns = monitored_columns(ref.columns, DriftPolicy())
+    varying = {c: k for c, k in columns.items() if ref[c].astype(str).nunique() > 1}
+    return calibrate(ref, varying, seed=seed)
+
+
+def reweight(ref, positive_class: str, prevalence: float, *, seed: int = 0):
+    """The largest seeded subsample of ``ref`` (rows with a ``label``) whose positive share is ``prevalence``."""
+    if not 0.0 < prevalence < 1.0:
+        raise DataError(f"prevalence must be in (0, 1), got {prevalence}")
+    is_pos = (ref["label"] == positive_class).to_numpy()
+    n_pos, n_neg = int(is_pos.sum()), int((~is_pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise DataError(
+            f"cannot reweight the drift reference to prevalence {prevalence}: it has {n_pos} images of "
+            f"{positive_class!r} and {n_neg} others"
+        )
+    total = min(n_pos / prevalence, n_neg / (1.0 - prevalence))
+    keep_pos = max(1, round(total * prevalence))
+    keep_neg = max(1, round(total * (1.0 - prevalence)))
+    pos_rows = ref[is_pos].sample(n=min(keep_pos, n_pos), random_state=seed)
+    neg_rows = ref[~is_pos].sample(n=min(keep_neg, n_neg), random_state=seed)
+    return pd_concat([pos_rows, neg_rows]).sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+def pd_concat(frames):
+    import pandas as pd
+
+    return pd.concat(frames, ignore_index=True)
 
 
 def read_reference(bundle_uri: str, meta: dict):

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from visionops.policy import CONFIDENCE, POSITIVE_CLASS, TARGET_PRECISION
+
 
 def _load_policy_file(path: Path | None) -> dict:
     from visionops.errors import ConfigError
@@ -45,19 +47,33 @@ def evaluate_command(
         help="YAML/JSON file of GatePolicy fields (options below override it).",
     ),
     target_precision: float | None = typer.Option(
-        None, help="Precision the positive class must prove (default: 0.95)."
+        None, help=f"Precision the positive class must prove (default: {TARGET_PRECISION})."
+    ),
+    positive_prevalence: float | None = typer.Option(
+        None,
+        help="Share of the positive class expected in production (stated, or estimated from labelled "
+        "production samples); the precision promise is proven at it (default: the validation split's share).",
     ),
     confidence: float | None = typer.Option(
-        None, help="Confidence of the precision interval (default: 0.95)."
+        None, help=f"Confidence of the precision proof (default: {CONFIDENCE}; one-sided error (1 - c) / 2)."
     ),
     interval: str | None = typer.Option(
         None, help="Interval method: wilson or clopper-pearson (default: wilson)."
     ),
     positive_class: str | None = typer.Option(
-        None, help="Positive class (default: the bundle's, e.g. glasses)."
+        None, help=f"Positive class (default: the bundle's, e.g. {POSITIVE_CLASS})."
     ),
     recall_tolerance: float | None = typer.Option(
-        None, help="Allowed recall drop vs the champion (default: 0.01)."
+        None, help="Non-inferiority margin: recall drop vs the champion, proven paired (default: 0.05)."
+    ),
+    fpr_tolerance: float | None = typer.Option(
+        None, help="Non-inferiority margin: FPR increase vs the champion, proven paired (default: 0.03)."
+    ),
+    functionality_set: str | None = typer.Option(
+        None, help="ImageFolder of clear cases of the model's own domain for the minimum-functionality test."
+    ),
+    gated_output: str | None = typer.Option(
+        None, "--gated-output", help="Where to publish the gated bundle (default: OUTPUT/bundle)."
     ),
     max_p95_latency_ms: float | None = typer.Option(
         None, help="Latency budget, p95 at batch 1, ms (default: 1000)."
@@ -87,6 +103,9 @@ def evaluate_command(
         "interval": interval,
         "positive_class": positive_class,
         "recall_tolerance": recall_tolerance,
+        "positive_prevalence": positive_prevalence,
+        "fpr_tolerance": fpr_tolerance,
+        "functionality_set": functionality_set,
         "max_p95_latency_ms": max_p95_latency_ms,
         "max_model_mb": max_model_mb,
         "max_memory_mb": max_memory_mb,
@@ -101,7 +120,13 @@ def evaluate_command(
         policy=GatePolicy.from_dict(values),
         device=device,
         runtime=runtime,
+        gated_uri=gated_output,
     )
+    _print_record(record, output, bundle)
+
+
+def _print_record(record: dict, output: str, bundle: str) -> None:
+    """The verdict, its reasons and rules, and where the outputs and the gated bundle went."""
     colour = typer.colors.GREEN if record["blessed"] else typer.colors.RED
     typer.secho(
         f"verdict: {record['verdict']} ({record['challenger']['model_version']} on golden set "
@@ -122,6 +147,10 @@ def evaluate_command(
         shown = f"{value:.4g}" if isinstance(value, float) else str(value)
         typer.echo(f"  [{rule['status']:>7}] {rule['name']}: {shown} {rule['op']} {rule['limit']}")
     typer.echo(f"outputs: {output} (metrics.json, decision.json, model_card.md, model_card.html)")
+    typer.echo(
+        f"gated bundle: {record['gated_bundle']} (version {record['gated_model_version']}; the evaluated "
+        f"bundle {bundle} is unchanged)"
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -13,6 +13,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from visionops import policy as product
 from visionops.errors import ConfigError
 from visionops.evaluation.metrics import INTERVAL_METHODS
 
@@ -21,42 +22,61 @@ from visionops.evaluation.metrics import INTERVAL_METHODS
 class GatePolicy:
     """What a model must show on the golden set to replace the champion.
 
-    Quality: precision of ``positive_class`` (None = the bundle's) must be proven >= ``target_precision``: the
-    lower bound of the two-sided ``confidence`` interval (``interval``: "wilson" or "clopper-pearson") on the
-    validation split, where the threshold is chosen; with ``require_golden_precision`` the golden (test)
-    precision at that threshold must also reach the target. Recall at that threshold may be at most
-    ``recall_tolerance`` below the champion's.
+    Quality: precision of ``positive_class`` (None = the bundle's) must be proven >= ``target_precision`` **at
+    the production prevalence** ``positive_prevalence`` (the share of the positive class expected where the
+    model is used; None = the validation split's own share, which the record then says). The threshold is
+    certified on the validation split by fixed-sequence testing with a joint (TPR lower, FPR upper) exact
+    bound at one-sided level ``(1 - confidence) / 2``; with ``require_golden_precision`` the same bound on
+    the golden (test) set at that threshold must also reach the target. ``interval`` ("wilson" or
+    "clopper-pearson") is the method of the two-sided intervals shown in the reports.
+
+    Champion: a paired non-inferiority test on the same golden images; the challenger's recall may be at
+    most ``recall_tolerance`` below the champion's and its FPR at most ``fpr_tolerance`` (None = not
+    checked) above, each proven at the same one-sided level.
 
     Budget (None = no limit): ``max_p95_latency_ms`` (batch 1, preprocessing + forward), ``max_model_mb`` (weights
     on disk), ``max_memory_mb`` (peak during inference), ``min_throughput`` (images/s at the best batch size).
     The defaults serve the example load (100,000 images a day, each answered within 5 s) with room to spare.
 
-    Behaviour (None = report only): minimum rates for invariance, directional and minimum-functionality tests.
-    Slices: ``max_flagged_slices`` (None = report only) of significantly worse slices (one-sided two-proportion
-    test at ``slice_alpha``, slices of at least ``slice_min_n`` images).
+    Behaviour (None = report only): minimum rates for invariance (golden images of every class, the
+    no-positive -> positive flip reported on its own), directional (synthetic pairs, report only by default)
+    and minimum functionality (only on ``functionality_set``, a curated ImageFolder of the model's own
+    domain; skipped with the reason when not given: synthetic faces never judge a photo model).
+    Slices: ``max_flagged_slices`` (None = report only) of significantly worse slices (one-sided
+    two-proportion tests of slices with at least ``slice_min_n`` images, ``slice_correction`` "holm" or "bh"
+    at ``slice_alpha``).
     """
 
-    target_precision: float = 0.95
-    confidence: float = 0.95
+    target_precision: float = product.TARGET_PRECISION
+    confidence: float = product.CONFIDENCE
     interval: str = "wilson"
     positive_class: str | None = None
+    positive_prevalence: float | None = None
     require_golden_precision: bool = True
-    recall_tolerance: float = 0.01
+    recall_tolerance: float = 0.05
+    fpr_tolerance: float | None = 0.03
     max_p95_latency_ms: float | None = 1000.0
     max_model_mb: float | None = 200.0
     max_memory_mb: float | None = 2048.0
     min_throughput: float | None = 5.0
     min_invariance_rate: float | None = 0.9
-    min_directional_rate: float | None = 0.8
+    min_directional_rate: float | None = None
     min_functionality_rate: float | None = 0.8
+    functionality_set: str | None = None
     max_flagged_slices: int | None = None
-    slice_min_n: int = 20
+    slice_min_n: int = 30
     slice_alpha: float = 0.05
+    slice_correction: str = "holm"
     behaviour_samples: int = 50
     brightness_delta: float = 0.1
     batch_size: int = 32
     latency_runs: int = 50
     throughput_batch_sizes: tuple[int, ...] = (1, 8, 32)
+
+    @property
+    def alpha(self) -> float:
+        """The one-sided error of every proof the gate makes (0.025 at 95% confidence)."""
+        return (1.0 - self.confidence) / 2.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -66,8 +86,16 @@ class GatePolicy:
                 problems.append(f"{name} must be in (0, 1), got {value}")
         if self.interval not in INTERVAL_METHODS:
             problems.append(f"interval {self.interval!r} unknown; valid: {', '.join(INTERVAL_METHODS)}")
+        if self.positive_prevalence is not None and not 0.0 < self.positive_prevalence < 1.0:
+            problems.append(
+                f"positive_prevalence must be in (0, 1) or None (the validation share), got {self.positive_prevalence}"
+            )
         if not 0.0 <= self.recall_tolerance <= 1.0:
             problems.append(f"recall_tolerance must be in [0, 1], got {self.recall_tolerance}")
+        if self.fpr_tolerance is not None and not 0.0 <= self.fpr_tolerance <= 1.0:
+            problems.append(f"fpr_tolerance must be in [0, 1] or None, got {self.fpr_tolerance}")
+        if self.slice_correction not in ("holm", "bh"):
+            problems.append(f"slice_correction {self.slice_correction!r} unknown; valid: holm, bh")
         for name in ("max_p95_latency_ms", "max_model_mb", "max_memory_mb", "min_throughput"):
             value = getattr(self, name)
             if value is not None and not value > 0:
@@ -153,53 +181,34 @@ def rules(
     choice = challenger["threshold_choice"]
     golden = challenger["test"]["positive"]
     ops = challenger.get("ops") or {}
+    prevalence = choice["prevalence"]
     out = [
         _rule(
             "precision_constraint",
-            f"validation precision lower bound ({policy.interval}, {policy.confidence:.0%}) >= target",
-            choice["best_lower_bound"] if not choice["met"] else choice["precision_lower"],
+            f"validation precision at prevalence {prevalence:.4g}, lower bound (fixed-sequence, "
+            f"{1 - policy.alpha:.1%} one-sided) >= target",
+            choice["precision_lower"],
             policy.target_precision,
             ">=",
             detail=choice["reason"],
         ),
     ]
     if policy.require_golden_precision:
-        precision = golden.get("precision")
-        rule = _rule(
-            "golden_precision",
-            "golden-set precision at the chosen threshold >= target",
-            precision,
-            policy.target_precision,
-            ">=",
-            detail=f"{golden['tp']} true / {golden['fp']} false positives on the golden set",
-        )
-        if precision is None:  # nothing predicted positive: the promise cannot be checked on the golden set
-            rule.update(passed=False, status="fail", detail="no golden image is predicted positive")
-        out.append(rule)
-    if champion is None:
+        bound = challenger["test"].get("precision_at_prevalence") or {}
         out.append(
             _rule(
-                "recall_vs_champion",
-                "golden recall at target precision >= champion's - tolerance",
-                recall_at_target(challenger),
-                None,
+                "golden_precision",
+                f"golden-set precision at prevalence {prevalence:.4g}, lower bound at the chosen threshold "
+                ">= target",
+                bound.get("lower", 0.0),
+                policy.target_precision,
                 ">=",
-                detail="no champion: first model",
+                detail=f"{golden['tp']}/{golden['tp'] + golden['fn']} positives and {golden['fp']}/"
+                f"{golden['fp'] + golden['tn']} negatives called positive on the golden set; point estimate "
+                f"{_show(bound.get('precision'))}; FPR needed <= {_show(bound.get('fpr_needed'))}",
             )
         )
-    else:
-        limit = recall_at_target(champion) - policy.recall_tolerance
-        out.append(
-            _rule(
-                "recall_vs_champion",
-                "golden recall at target precision >= champion's - tolerance",
-                recall_at_target(challenger),
-                round(limit, 10),
-                ">=",
-                detail=f"champion {champion.get('model_version')}: {recall_at_target(champion):.4f}, "
-                f"tolerance {policy.recall_tolerance}" + _unmet_note(challenger, champion),
-            )
-        )
+    out += _champion_rules(challenger, champion, policy)
     latency = (ops.get("latency_ms") or {}).get("p95")
     out += [
         _rule(
@@ -236,9 +245,17 @@ def rules(
     ]
     behaviour = challenger.get("behaviour") or {}
     for name, limit, text in (
-        ("invariance", policy.min_invariance_rate, "answers unchanged by a small brightness change (rate)"),
+        (
+            "invariance",
+            policy.min_invariance_rate,
+            "answers unchanged by a small brightness change, worst class (rate)",
+        ),
         ("directional", policy.min_directional_rate, "same face: P(positive) higher with glasses (rate)"),
-        ("minimum_functionality", policy.min_functionality_rate, "easy cases answered correctly (rate)"),
+        (
+            "minimum_functionality",
+            policy.min_functionality_rate,
+            "curated easy cases of the model's domain answered correctly (rate)",
+        ),
     ):
         detail = (behaviour.get(name) or {}).get("detail", "")
         out.append(_rule(f"behaviour_{name}", text, _rate(behaviour, name), limit, ">=", detail=detail))
@@ -254,6 +271,50 @@ def rules(
         )
     )
     return out
+
+
+def _champion_rules(
+    challenger: dict[str, Any], champion: dict[str, Any] | None, policy: GatePolicy
+) -> list[dict[str, Any]]:
+    """Paired non-inferiority on the same golden images: recall (lower bound of the difference >= -margin) and
+    FPR (upper bound of the difference <= margin)."""
+    recall_text = "golden recall - champion's, paired lower bound >= -tolerance"
+    fpr_text = "golden FPR - champion's, paired upper bound <= tolerance"
+    if champion is None:
+        return [
+            _rule("recall_vs_champion", recall_text, recall_at_target(challenger), None, ">=",
+                  detail="no champion: first model"),
+            _rule("fpr_vs_champion", fpr_text, None, None, "<=", detail="no champion: first model"),
+        ]  # fmt: skip
+    paired = challenger.get("paired") or {}
+    who = f"champion {champion.get('model_version')}"
+    if not champion["threshold_choice"]["met"]:
+        note = f"{who} missed the precision constraint: its recall counts as 0"
+        return [
+            _rule("recall_vs_champion", recall_text, recall_at_target(challenger), 0.0, ">=", detail=note),
+            _rule("fpr_vs_champion", fpr_text, None, None, "<=", detail=note),
+        ]
+    if not challenger["threshold_choice"]["met"]:
+        note = "the challenger missed the precision constraint: its recall counts as 0"
+        return [
+            _rule("recall_vs_champion", recall_text, 0.0, round(recall_at_target(champion) - policy.recall_tolerance, 10), ">=", detail=note),
+            _rule("fpr_vs_champion", fpr_text, None, policy.fpr_tolerance, "<=", detail=note),
+        ]  # fmt: skip
+    recall, fpr = paired["recall"], paired["fpr"]
+    return [
+        _rule(
+            "recall_vs_champion", recall_text, recall["lower"], -policy.recall_tolerance, ">=",
+            detail=f"{who}; difference {_show(recall['difference'])} on {recall['n']} golden positives "
+            f"({recall['only_a']} found only by the challenger, {recall['only_b']} only by the champion; "
+            f"McNemar p {recall['mcnemar_p']:.3g}); margin {policy.recall_tolerance}",
+        ),
+        _rule(
+            "fpr_vs_champion", fpr_text, fpr["upper"], policy.fpr_tolerance, "<=",
+            detail=f"{who}; difference {_show(fpr['difference'])} on {fpr['n']} golden negatives "
+            f"({fpr['only_a']} false alarms only of the challenger, {fpr['only_b']} only of the champion); "
+            f"margin {policy.fpr_tolerance}",
+        ),
+    ]  # fmt: skip
 
 
 def decide(
@@ -287,15 +348,6 @@ def decide(
     }
 
 
-def _unmet_note(challenger: dict[str, Any], champion: dict[str, Any]) -> str:
-    unmet = [
-        name
-        for name, s in (("challenger", challenger), ("champion", champion))
-        if not s["threshold_choice"]["met"]
-    ]
-    return f"; {' and '.join(unmet)} missed the precision constraint: recall counts as 0" if unmet else ""
-
-
 def _show(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
@@ -308,5 +360,7 @@ def _identity(summary: dict[str, Any]) -> dict[str, Any]:
         "constraint_met": summary["threshold_choice"]["met"],
         "recall_at_target_precision": recall_at_target(summary),
         "golden_precision": summary["test"]["positive"].get("precision"),
+        "golden_precision_at_prevalence": (summary["test"].get("precision_at_prevalence") or {}).get("lower"),
+        "prevalence": summary["threshold_choice"]["prevalence"],
         "source": summary.get("source", "evaluated now"),
     }

@@ -73,6 +73,39 @@ def lower_bounds(k: np.ndarray, n: np.ndarray, *, confidence: float, method: str
     return out
 
 
+def weighted_rate(hits, weights=None, *, confidence: float = 0.95) -> dict[str, Any]:
+    """A proportion estimated from labelled items that were *sampled*, each weighted by the inverse of its
+    selection probability (None = a uniform random sample), with a two-sided ``confidence`` interval.
+
+    The one estimator of live quality from labels that represent traffic: the drift monitor's live precision
+    (:mod:`visionops.drift.quality`) and experiment analysis use it. For live precision ``hits`` says, for each
+    labelled item the model called positive, whether it really is positive; for recall, for each labelled
+    positive, whether the model called it positive.
+
+    The estimate is the weighted share (Hajek); the interval is Clopper-Pearson on Kish's effective sample
+    size ``(sum w)^2 / sum w^2`` (Korn and Graubard): exact when all weights are equal, and it widens as the
+    weights spread. Labels chosen by uncertainty sampling without their selection probability are biased and
+    must not be passed here.
+    """
+    from scipy import stats
+
+    h = np.asarray(hits, dtype=bool)
+    w = np.ones(len(h)) if weights is None else np.asarray(weights, dtype=float)
+    if w.shape != h.shape:
+        raise ConfigError(f"got {len(w)} weights for {len(h)} items")
+    if len(w) and (not np.all(np.isfinite(w)) or w.min() <= 0):
+        raise ConfigError("weights must be finite and > 0 (1 / selection probability)")
+    if len(h) == 0:
+        return {"estimate": None, "lower": 0.0, "upper": 1.0, "n": 0, "effective_n": 0.0}
+    estimate = float((w * h).sum() / w.sum())
+    n_eff = float(w.sum() ** 2 / (w**2).sum())
+    k_eff = estimate * n_eff
+    alpha = (1.0 - confidence) / 2.0
+    lower = 0.0 if k_eff <= 0 else float(stats.beta.ppf(alpha, k_eff, n_eff - k_eff + 1))
+    upper = 1.0 if k_eff >= n_eff else float(stats.beta.ppf(1 - alpha, k_eff + 1, n_eff - k_eff))
+    return {"estimate": estimate, "lower": lower, "upper": upper, "n": len(h), "effective_n": n_eff}
+
+
 def two_proportion_pvalue(k1: int, n1: int, k2: int, n2: int) -> float:
     """One-sided p-value that proportion 1 is lower than proportion 2 (pooled two-proportion z-test)."""
     from scipy import stats

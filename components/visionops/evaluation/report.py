@@ -89,7 +89,7 @@ def plot_threshold_sweep(metrics: dict[str, Any]) -> str:
         sweep["precision_lower"],
         color="#2b6cb0",
         ls=":",
-        label=f"precision lower bound ({choice['method']}, {choice['confidence']:.0%})",
+        label=f"precision lower bound on this split (two-sided {choice['confidence']:.0%})",
     )
     ax.plot(sweep["threshold"], sweep["recall"], color="#1a7f37", label="recall")
     ax.axhline(choice["target"], ls="--", color="#c62828", label=f"target {choice['target']}")
@@ -216,9 +216,37 @@ def _headline(metrics: dict[str, Any], record: dict[str, Any]) -> str:
     verdict = "BLESSED" if record["blessed"] else "REFUSED"
     constraint = "met" if choice["met"] else f"NOT met (short by {choice['shortfall']:.4f})"
     return (
-        f"Verdict: {verdict}. Precision constraint ({metrics['positive_class']} >= {choice['target']}, "
-        f"{choice['method']} {choice['confidence']:.0%} lower bound on val): {constraint}. "
+        f"Verdict: {verdict}. Precision constraint ({metrics['positive_class']} >= {choice['target']} at "
+        f"production prevalence {choice['prevalence']:.4g} ({choice['prevalence_source']}), "
+        f"{choice['confidence']:.0%} lower bound on val, fixed-sequence): {constraint}. "
         f"Threshold {choice['threshold']:.4g}. Golden set {metrics['golden_version']}."
+    )
+
+
+def _prevalence_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """Precision against prevalence at the chosen threshold (validation testing part) and the FPR needed."""
+    target = metrics["threshold"]["target"]
+    return [
+        {
+            "prevalence": r["prevalence"],
+            "precision (point)": r["precision"],
+            "precision lower bound": r["precision_lower"],
+            "model FPR": r["fpr"],
+            f"FPR needed for {target}": r["fpr_needed"],
+            "proven": "pass" if r["precision_lower"] >= target else "fail",
+        }
+        for r in metrics["test"].get("precision_vs_prevalence", [])
+    ]
+
+
+def _prevalence_text(metrics: dict[str, Any]) -> str:
+    golden = metrics["test"].get("precision_at_prevalence") or {}
+    return (
+        "Precision depends on how rare the positive class is: precision(p) = TPR p / (TPR p + FPR (1 - p)). "
+        "The table shows it at the chosen threshold for a range of prevalences (lower bound: exact TPR lower "
+        "and FPR upper bounds, jointly at the gate's confidence). On the golden set at the production "
+        f"prevalence {fmt(golden.get('prevalence'))}: precision {fmt(golden.get('precision'))}, lower bound "
+        f"{fmt(golden.get('lower'))}, FPR {fmt(golden.get('fpr'))} (needed <= {fmt(golden.get('fpr_needed'))})."
     )
 
 
@@ -245,6 +273,11 @@ def model_card_markdown(metrics: dict[str, Any], record: dict[str, Any]) -> str:
         "",
         metrics["threshold"]["reason"],
         "",
+        "## Precision against prevalence",
+        "",
+        _prevalence_text(metrics),
+        "",
+        markdown_table(_prevalence_rows(metrics)),
         f"## Quality on the golden set {metrics['golden_version']}",
         "",
         markdown_table(_quality_rows(metrics)),
@@ -258,7 +291,7 @@ def model_card_markdown(metrics: dict[str, Any], record: dict[str, Any]) -> str:
         "",
         f"## Slices (golden set {metrics['golden_version']})",
         "",
-        f"{metrics['slices']['test']}; flagged when p < {metrics['slices']['alpha']} with n >= "
+        f"{metrics['slices']['test']}; flagged when the adjusted p < {metrics['slices']['alpha']} with n >= "
         f"{metrics['slices']['min_n']}.",
         "",
         markdown_table(_slice_rows(metrics)),
@@ -300,6 +333,11 @@ def model_card_html(metrics: dict[str, Any], record: dict[str, Any]) -> str:
             + img.format(alt="threshold sweep", src=plot_threshold_sweep(metrics)),
         ),
         (
+            "Precision against prevalence",
+            f"<p>{escape(_prevalence_text(metrics))}</p>"
+            + html_table(_prevalence_rows(metrics), classes={"pass": "pass", "fail": "fail"}),
+        ),
+        (
             f"Quality on the golden set {metrics['golden_version']}",
             html_table(_quality_rows(metrics))
             + html_table(_per_class_rows(metrics))
@@ -309,7 +347,7 @@ def model_card_html(metrics: dict[str, Any], record: dict[str, Any]) -> str:
         ),
         (
             f"Slices (golden set {metrics['golden_version']})",
-            f"<p>{escape(metrics['slices']['test'])}; flagged when p &lt; {metrics['slices']['alpha']} with "
+            f"<p>{escape(metrics['slices']['test'])}; flagged when the adjusted p &lt; {metrics['slices']['alpha']} with "
             f"n &ge; {metrics['slices']['min_n']}.</p>" + html_table(_slice_rows(metrics)),
         ),
         ("Operations", html_table(_ops_rows(metrics))),

@@ -175,16 +175,30 @@ def merge_cmd(
         "--csv-only",
         help="Only write the combined labels CSV (for a pipeline run with --golden PREVIOUS).",
     ),
+    extend_golden: int = typer.Option(
+        0,
+        "--extend-golden",
+        help="Add N of the batch's new (never trained-on) images to the golden set, at the production "
+        "prevalence; the golden version changes.",
+    ),
+    positive_prevalence: float | None = typer.Option(
+        None, help="Production share of the positive class for --extend-golden (default: the batch's share)."
+    ),
 ) -> None:
-    """Ingest the previous version plus the batch as a new dataset version (golden set unchanged)."""
+    """Ingest the previous version plus the batch as a new dataset version: earlier rows keep their split,
+    new rows fill train/val, and the golden set is unchanged unless --extend-golden N."""
     from visionops.labeling.merge import merge_batch, write_combined_labels
 
+    if csv_only and extend_golden:
+        raise typer.BadParameter("--extend-golden needs the merge itself; drop --csv-only")
     if csv_only:
         typer.echo(
             f"combined labels -> {write_combined_labels(previous, batch, output)} (ingest with --golden {previous}; add --allow-outside-source where its images are not under its folder)"
         )
         return
-    dataset = merge_batch(previous, batch, output, seed=seed)
+    dataset = merge_batch(
+        previous, batch, output, seed=seed, extend_golden=extend_golden, prevalence=positive_prevalence
+    )
     typer.echo(f"dataset {dataset.version} (golden set {dataset.golden_version}) -> {dataset.uri}")
 
 

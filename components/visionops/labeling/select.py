@@ -2,10 +2,16 @@
 
 Two parts, so that review both improves the next model and measures the current one:
 
-* a **random share**, drawn first and uniformly from all eligible images: an unbiased sample of production,
-  so the agreement figures on it estimate the live precision/recall;
-* **uncertainty sampling** for the rest: the images whose positive-class probability lies closest to the
-  decision threshold (the ones production found hard, and where a label teaches the model most).
+* **uncertainty sampling**: the images whose positive-class probability lies closest to the decision
+  threshold (the ones production found hard, and where a label teaches the model most), taken whole: their
+  selection probability is 1;
+* a **random share**, drawn uniformly from all the other eligible images: each with selection probability
+  ``n_random / (eligible - n_uncertain)``.
+
+Every selected row records its ``selection_probability``, so that live quality weighs each label by its
+inverse (:func:`visionops.evaluation.metrics.weighted_rate`): the two parts together then estimate the
+precision/recall of all production traffic without bias, and the uncertainty-sampled labels alone are never
+taken for it.
 
 Every image is hashed (sha256 of its bytes): duplicates inside the source and images already labeled (any
 dataset version, labeled batch or earlier selection passed as ``labeled``) are never sent twice. Images that
@@ -307,19 +313,23 @@ def _attach_scores(
 
 def _choose(
     pool: list[Candidate], budget: int, random_share: float, seed: int
-) -> list[tuple[Candidate, str]]:
-    """Random share first (uniform over the whole pool), then the most uncertain of the rest."""
+) -> list[tuple[Candidate, str, float]]:
+    """The most uncertain images (selection probability 1), then a uniform random share of the rest (each
+    with probability n_random / len(rest)): a stratified design whose probabilities are known exactly."""
     import numpy as np
 
     budget = min(budget, len(pool))
     n_random = min(budget, math.floor(budget * random_share + 0.5))
+    ranked = sorted(
+        range(len(pool)), key=lambda i: (abs(pool[i].probability - pool[i].threshold), pool[i].sha256)
+    )
+    uncertain_idx = ranked[: budget - n_random]
+    rest = sorted(set(range(len(pool))) - set(uncertain_idx))
     rng = np.random.default_rng(seed)
-    random_idx = set(rng.choice(len(pool), size=n_random, replace=False).tolist()) if n_random else set()
-    chosen = [(pool[i], REASON_RANDOM) for i in sorted(random_idx)]
-    rest = [c for i, c in enumerate(pool) if i not in random_idx]
-    rest.sort(key=lambda c: (abs(c.probability - c.threshold), c.sha256))
-    uncertain = [(c, REASON_UNCERTAIN) for c in rest[: budget - n_random]]
-    return uncertain + chosen
+    picked = sorted(rng.choice(rest, size=n_random, replace=False).tolist()) if n_random else []
+    share = n_random / len(rest) if rest else 1.0
+    uncertain = [(pool[i], REASON_UNCERTAIN, 1.0) for i in uncertain_idx]
+    return uncertain + [(pool[i], REASON_RANDOM, share) for i in picked]
 
 
 def select(
@@ -339,8 +349,9 @@ def select(
 ) -> Selection:
     """Choose up to ``budget`` images of ``source`` for review and write the selection to ``output``.
 
-    ``round(budget * random_share)`` of them are a uniform random sample (the unbiased quality estimate);
-    the rest are the images closest to the decision threshold. Duplicates (by sha256) within the source and
+    ``round(budget * random_share)`` of them are a uniform random sample of the images not taken by
+    uncertainty sampling, which takes the images closest to the decision threshold; each row records its
+    selection probability (see the module docstring). Duplicates (by sha256) within the source and
     against ``labeled`` (URIs of datasets, labeled batches, selections, import results) are left out.
     ``days`` keeps only images captured in the last ``days`` days (UTC; by record time or date folder).
     """
@@ -399,11 +410,11 @@ def select(
     return write_selection(frame, meta, output, skipped=skipped_frame)
 
 
-def _frame(chosen: list[tuple[Candidate, str]]):
+def _frame(chosen: list[tuple[Candidate, str, float]]):
     import pandas as pd
 
     rows, used = [], set()
-    for c, reason in chosen:
+    for c, reason, probability in chosen:
         rid = c.request_id if c.request_id not in used else f"{c.request_id}-{c.sha256[:8]}"
         used.add(rid)
         rows.append(
@@ -413,6 +424,7 @@ def _frame(chosen: list[tuple[Candidate, str]]):
                 "sha256": c.sha256,
                 "captured_at": c.captured_at,
                 "reason": reason,
+                "selection_probability": round(probability, 9),
                 "score_source": c.score_source,
                 "probability": round(float(c.probability), 6),
                 "threshold": c.threshold,
@@ -426,6 +438,7 @@ def _frame(chosen: list[tuple[Candidate, str]]):
         "sha256",
         "captured_at",
         "reason",
+        "selection_probability",
         "score_source",
         "probability",
         "threshold",

@@ -111,6 +111,7 @@ def evaluate(
     dataset: Input[Dataset],
     champion_uri: str,
     target_precision: float,
+    positive_prevalence: float,
     max_p95_latency_ms: float,
     max_model_mb: float,
     policy_overrides: dict,
@@ -121,22 +122,28 @@ def evaluate(
     model_card_html: Output[HTML],
     decision: Output[Artifact],
 ) -> bool:
-    """Gate the model on the golden set: precision target, champion comparison, serving budget.
+    """Gate the model on the golden set: precision target at the production prevalence (0 = the validation
+    split's share), champion comparison, serving budget. The trained bundle is never rewritten: the gated
+    bundle (threshold, model card, drift reference) is published as a new version, ``candidate``.
 
     Returns the verdict (True = blessed) as the step's ``Output`` parameter, which the pipeline's gate reads.
     """
-    import os
-    import shutil
+    import tempfile
 
     from visionops.evaluation import evaluate as evaluate_model
     from visionops.pipeline.outputs import finish_evaluation, gate_policy, start_step
 
     start_step("evaluate")
-    shutil.copytree(model.path, candidate.path)  # evaluation writes the threshold into the bundle it gates
-    workdir = os.path.join(candidate.path, "reports", "evaluation")  # the bundle keeps its model card
-    policy = gate_policy(target_precision, max_p95_latency_ms, max_model_mb, policy_overrides)
+    workdir = tempfile.mkdtemp(prefix="visionops-evaluation-")  # also copied into the gated bundle's reports/
+    overrides = dict(policy_overrides, positive_prevalence=positive_prevalence or None)
+    policy = gate_policy(target_precision, max_p95_latency_ms, max_model_mb, overrides)
     record = evaluate_model(
-        candidate.path, dataset.path, workdir, champion_uri=champion_uri or None, policy=policy
+        model.path,
+        dataset.path,
+        workdir,
+        champion_uri=champion_uri or None,
+        policy=policy,
+        gated_uri=candidate.path,
     )
     return finish_evaluation(
         record, workdir, candidate, metrics, classification, model_card.path, model_card_html.path, decision
