@@ -15,12 +15,12 @@ import shutil
 import sys
 import tempfile
 
-METRICS_DIR_ENV = "VISIONOPS_METRICS_DIR"
-
 
 def metrics_dir() -> str:
     """This instance's Prometheus multiprocess directory: the configured one (emptied) or a new one."""
-    configured = os.environ.get(METRICS_DIR_ENV)
+    from visionops.serving.settings import ServingSettings
+
+    configured = ServingSettings.from_env().metrics_dir
     if not configured:
         path = tempfile.mkdtemp(prefix="visionops-metrics-")
         atexit.register(shutil.rmtree, path, ignore_errors=True)

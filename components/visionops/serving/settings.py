@@ -122,6 +122,11 @@ class ServingSettings(Settings):
         check=lambda v: v >= 0,
         must="must be >= 0 (0 = the container's CPU limit)",
     )
+    metrics_dir: str = setting(
+        "",
+        "This instance's Prometheus multiprocess directory (emptied at start; empty: a fresh temporary one).",
+        env="VISIONOPS_METRICS_DIR",
+    )
     runtime: str = setting(
         "auto",
         "auto (the fastest measured at package time), torch, onnx, onnx-int8.",
