@@ -26,6 +26,7 @@ nominal one; the run fails (exit 1) when a measured rate is above its nominal va
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -102,10 +103,13 @@ def previous_search(scores, is_pos):
     return None if not len(ok) else s[ok[np.argmax(tp[ok])]]
 
 
-def simulate_threshold(kind: str, prevalence: float, n_pos: int, n_neg: int, reps: int, seed: int) -> list:
-    """False certification of the fixed-sequence search (and of the previous search at 50/50)."""
+def simulate_threshold(
+    kind: str, prevalence: float, n_pos: int, n_neg: int, reps: int, seed: int, **curve: float
+) -> list:
+    """False certification of the fixed-sequence search (and of the previous search at 50/50); ``curve`` goes to
+    the score generator (e.g. ``shift`` of the steep curve)."""
     rng = np.random.default_rng(seed)
-    make = flat_scores if kind == "flat" else steep_scores
+    make = functools.partial(flat_scores if kind == "flat" else steep_scores, **curve)
     false_new = false_old = certified = 0
     for _ in range(reps):
         scores, is_pos, truth = make(rng, n_pos, n_neg, prevalence)

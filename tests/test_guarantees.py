@@ -31,8 +31,13 @@ def test_threshold_search_keeps_its_guarantee_where_the_old_one_did_not(bench):
     new, old = rows
     assert new["measured"] <= new["nominal"], new  # every certification on this curve is false
     assert old["measured"] > old["nominal"], old  # best-of-all certified far more often
+    # At 7.6% prevalence precision >= 0.95 needs FPR <= 0.0046 x TPR: with 300 + 3000 validation images a model
+    # whose scores separate by 2.5 standard deviations is (rightly) almost never certified; one separating by
+    # 4.5 is certified in most runs, and never falsely.
     (steep,) = bench.simulate_threshold("steep", 0.076, 300, 3000, 100, seed=12)
-    assert steep["measured"] <= steep["nominal"] and steep["certified_share"] > 0.5, steep
+    assert steep["measured"] <= steep["nominal"], steep
+    (strong,) = bench.simulate_threshold("steep", 0.076, 300, 3000, 100, seed=12, shift=4.5)
+    assert strong["measured"] <= strong["nominal"] and strong["certified_share"] > 0.5, strong
 
 
 def test_golden_rule_on_the_bound(bench):
