@@ -103,9 +103,9 @@ class LoopConfig:
     @classmethod
     def tiny(cls, output: Path, **changes: Any) -> LoopConfig:
         values: dict[str, Any] = dict(
-            count=160,
+            count=400,
             size=32,
-            epochs=2,
+            epochs=4,
             retrain_epochs=1,
             traffic=100,
             window_size=50,
