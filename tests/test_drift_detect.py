@@ -251,3 +251,20 @@ def test_only_non_overlapping_windows_count_towards_the_trigger(calibrated_refer
     monitor.ingest(dark[150:200])  # rows 100-199: no row of the last counted window
     second = monitor.run_drift()
     assert second["counted"] and second["consecutive_windows"] == 2
+
+
+def test_a_rare_binary_column_that_turns_on_everywhere_drifts():
+    """A column that is 1 on 0.5% of the reference and 1 on every row of the window is drift (the null is
+    normed by the reference's spread, as the live score is, so rare pseudo-references do not blow it up)."""
+    from visionops.drift.reference import calibrate_reference
+
+    rng = np.random.default_rng(3)
+    reference = _rows(rng, 400)
+    reference["is_greyscale"] = (np.arange(400) < 2).astype(float)
+    calibration, _ = calibrate_reference(reference)
+    window = _rows(rng, 300)
+    window["is_greyscale"] = 0.0
+    assert not compute_drift(reference, window, calibration=calibration)["dataset_drift"]
+    window["is_greyscale"] = 1.0
+    result = compute_drift(reference, window, calibration=calibration)
+    assert "is_greyscale" in result["drifted_features"], result["features"]["is_greyscale"]

@@ -38,8 +38,8 @@ WINDOW_SIZES = (50, 100, 200, 500, 1000, 2000, 5000, 10000)
 CALIBRATION_FILE = "drift/calibration.parquet"
 DEFAULT_DRAWS = 400
 DEFAULT_ALARM_RATE = 0.01
-MIN_STD = 0.001
-BOOTSTRAP_SAFETY = 2.0  # Evidently's floor for the reference spread in the normed Wasserstein distance
+MIN_STD = 0.001  # Evidently's floor for the reference spread in the normed Wasserstein distance
+BOOTSTRAP_SAFETY = 2.0  # the rank is taken at alarm_rate / this (see the module docstring)
 
 
 def wasserstein_norm(reference: np.ndarray, current: np.ndarray) -> float:
@@ -74,7 +74,13 @@ def window_scores(reference, current, columns: dict[str, str]) -> dict[str, floa
 
 def _num_null(values: np.ndarray, ref_counts: np.ndarray, win_counts: np.ndarray) -> np.ndarray:
     """Normed W1 between count-weighted samples of ``values`` (rows: draws): the exact distance, from the
-    cumulative shares in sorted order times the gaps between consecutive values."""
+    cumulative shares in sorted order times the gaps between consecutive values.
+
+    The distance is normed by the spread of the whole reference, as a live window's is
+    (:func:`wasserstein_norm`), not by each pseudo-reference's: for a rare value (a binary column that is 1 on
+    0.5% of the reference) many pseudo-references hold none of it, their spread falls to the 0.001 floor and
+    the null's standard deviation explodes, so standardised, even a window that is 1 everywhere looked normal.
+    """
     order = np.argsort(values, kind="stable")
     v = values[order]
     gaps = np.diff(v)
@@ -83,10 +89,7 @@ def _num_null(values: np.ndarray, ref_counts: np.ndarray, win_counts: np.ndarray
     fa = np.cumsum(a, axis=1)[:, :-1] / a.sum(axis=1, keepdims=True)
     fb = np.cumsum(b, axis=1)[:, :-1] / b.sum(axis=1, keepdims=True)
     w1 = np.abs(fa - fb) @ gaps
-    m = a.sum(axis=1)
-    mean = a @ v / m
-    std = np.sqrt(np.maximum(a @ (v * v) / m - mean**2, 0.0))
-    return w1 / np.maximum(std, MIN_STD)
+    return w1 / max(float(np.std(values)), MIN_STD)
 
 
 def _cat_null(codes: np.ndarray, ref_counts: np.ndarray, win_counts: np.ndarray) -> np.ndarray:
