@@ -267,17 +267,9 @@ INFERENCE_ELSEWHERE = {
     "visionops.onnx_runtime": "the PyTorch side of ONNX parity and package-time speed on tensor batches",
 }
 
-#: Literal policy values that still appear outside POLICY, with the reason (None: none may).
-POLICY_LITERALS = {
-    "visionops-s3": frozenset(),
-    "glasses": frozenset(
-        {
-            # owned by engineers changing these files at the time of writing; to use visionops.policy next
-            "visionops.bundle",  # meta.setdefault("positive_class", ...): policy.default_positive_class
-            "visionops.evaluation.behaviour",  # SYNTH_POSITIVE: policy.POSITIVE_CLASS
-        }
-    ),
-}
+#: Literal policy values that appear only in POLICY: every other module uses its constants (POSITIVE_CLASS,
+#: NEGATIVE_CLASS, S3_SECRET_NAME, default_positive_class), so a policy changes in one place.
+POLICY_LITERALS = ("visionops-s3", "glasses", "no_glasses")
 
 _QUEUES = {("queue", "Queue"), ("queue", "SimpleQueue"), ("queue", "LifoQueue"), ("queue", "PriorityQueue"),
            ("asyncio", "Queue"), ("multiprocessing", "Queue")}  # fmt: skip
@@ -402,13 +394,36 @@ def test_one_settings_mechanism_reads_the_environment():
     assert set(ENV_READERS) <= readers, "an ENV_READERS entry no longer reads the environment: remove it"
 
 
+def policy_literal_holders(sources: dict[str, str]) -> dict[str, set[str]]:
+    """Policy value -> the modules other than POLICY that hold it as a whole string constant."""
+    return {
+        value: {
+            name for name, source in sources.items() if name != POLICY and value in string_literals(source)
+        }
+        for value in POLICY_LITERALS
+    }
+
+
+def _sources() -> dict[str, str]:
+    return {name: path.read_text() for name, path in modules().items()}
+
+
 def test_policy_constants_are_defined_once():
-    """The secret name and the positive class are literals only in visionops.policy (plus the stated
-    exceptions)."""
-    for value, allowed in POLICY_LITERALS.items():
-        holders = _modules_where(lambda source, value=value: value in string_literals(source))
-        assert POLICY in holders, f"{value!r} is no longer in {POLICY}"
-        assert holders - {POLICY} <= allowed, f"{value!r} as a literal outside {POLICY}: use the constant"
+    """The secret name and the class names are literals only in visionops.policy."""
+    sources = _sources()
+    assert set(POLICY_LITERALS) <= string_literals(sources[POLICY]), f"a policy value left {POLICY}"
+    assert policy_literal_holders(sources) == {value: set() for value in POLICY_LITERALS}, (
+        "a policy value as a literal outside visionops.policy: use its constant"
+    )
+
+
+def test_a_glasses_literal_in_library_code_fails_the_policy_check():
+    """The check above can fail: the old fallback put back into bundle.py is found (a docstring that only
+    mentions glasses is not a literal of the value)."""
+    sources = _sources()
+    sources["visionops.bundle"] += '\nFALLBACK = "glasses" if "glasses" in CLASSES else CLASSES[-1]\n'
+    sources["visionops.evaluation.gate"] += '\n"""The positive class is usually glasses."""\n'
+    assert policy_literal_holders(sources)["glasses"] == {"visionops.bundle"}
 
 
 def test_one_batch_scoring_call():
