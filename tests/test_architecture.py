@@ -271,6 +271,15 @@ INFERENCE_ELSEWHERE = {
 #: NEGATIVE_CLASS, S3_SECRET_NAME, default_positive_class), so a policy changes in one place.
 POLICY_LITERALS = ("visionops-s3", "glasses", "no_glasses")
 
+#: Parameters and fields whose default is the product's precision target or proof confidence: their default is
+#: visionops.policy's TARGET_PRECISION / CONFIDENCE, never a number typed again.
+POLICY_NUMBERS = frozenset({"target_precision", "confidence", "target"})
+#: Modules allowed a numeric default there, with the reason.
+POLICY_NUMBER_EXCEPTIONS = {
+    "visionops.demo.sources": "held_out_metrics(confidence=0.95): demo code owned by concurrent work at the time "
+    "of writing; to use policy.CONFIDENCE next",
+}
+
 _QUEUES = {("queue", "Queue"), ("queue", "SimpleQueue"), ("queue", "LifoQueue"), ("queue", "PriorityQueue"),
            ("asyncio", "Queue"), ("multiprocessing", "Queue")}  # fmt: skip
 
@@ -351,6 +360,32 @@ def string_literals(source: str) -> set[str]:
     }
 
 
+def _float_default(node: ast.AST | None) -> bool:
+    return isinstance(node, ast.Constant) and isinstance(node.value, float)
+
+
+def policy_number_defaults(source: str) -> set[str]:
+    """The POLICY_NUMBERS names that get a float literal default in ``source``: function parameters and
+    (settings) dataclass fields, ``x: float = 0.95`` or ``x: float = setting(0.95, ...)``."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            args = node.args
+            positional = [*args.posonlyargs, *args.args]
+            pairs = [*zip(positional[len(positional) - len(args.defaults) :], args.defaults, strict=True)]
+            pairs += [
+                (arg, d) for arg, d in zip(args.kwonlyargs, args.kw_defaults, strict=True) if d is not None
+            ]
+            found.update(arg.arg for arg, d in pairs if arg.arg in POLICY_NUMBERS and _float_default(d))
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            value = node.value
+            if isinstance(value, ast.Call) and value.args:
+                value = value.args[0]
+            if node.target.id in POLICY_NUMBERS and _float_default(value):
+                found.add(node.target.id)
+    return found
+
+
 def _modules_where(predicate) -> set[str]:
     return {name for name, path in modules().items() if predicate(path.read_text())}
 
@@ -424,6 +459,18 @@ def test_a_glasses_literal_in_library_code_fails_the_policy_check():
     sources["visionops.bundle"] += '\nFALLBACK = "glasses" if "glasses" in CLASSES else CLASSES[-1]\n'
     sources["visionops.evaluation.gate"] += '\n"""The positive class is usually glasses."""\n'
     assert policy_literal_holders(sources)["glasses"] == {"visionops.bundle"}
+
+
+def test_the_precision_target_and_confidence_are_never_typed_again():
+    """Defaults of target_precision / confidence / target come from visionops.policy (the detector fires on a
+    copy; the library holds none)."""
+    assert policy_number_defaults("def f(*, confidence: float = 0.95): ...") == {"confidence"}
+    assert policy_number_defaults("class P:\n    target_precision: float = setting(0.95, 'x')") == {
+        "target_precision"
+    }
+    assert not policy_number_defaults("def f(*, confidence: float = CONFIDENCE, alpha: float = 0.05): ...")
+    holders = _modules_where(lambda source: bool(policy_number_defaults(source)))
+    assert holders - set(POLICY_NUMBER_EXCEPTIONS) == set(), "use policy.TARGET_PRECISION / policy.CONFIDENCE"
 
 
 def test_one_batch_scoring_call():
