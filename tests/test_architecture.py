@@ -16,6 +16,7 @@ CLI, a service or the demo).
 from __future__ import annotations
 
 import ast
+import re
 from functools import cache
 from pathlib import Path
 
@@ -477,3 +478,57 @@ def test_one_batch_scoring_call():
     """Batch inference over image URIs (evaluation, pre-labelling, selection, the drift reference) goes through
     the bundle's batch scoring; no module keeps its own loop of decode, transform and forward."""
     assert _modules_where(runs_inference) - {BATCH_SCORING} == set(INFERENCE_ELSEWHERE)
+
+
+# -- the documented module map ----------------------------------------------------------------------------------
+ARCHITECTURE_DOC = PACKAGE_ROOT.parent / "docs" / "ARCHITECTURE.md"
+
+
+def module_map(text: str) -> list[str]:
+    """The dotted module names listed by the module map of docs/ARCHITECTURE.md, in order.
+
+    The map is the first fenced block after "## Module map": ``visionops/``, then lines of root modules and
+    lines ``  pkg/  mod, mod (note), ...`` (deeper-indented lines continue the package above); notes in
+    parentheses, over several lines too, are not names.
+    """
+    block = text.split("## Module map", 1)[1].split("```", 2)[1]
+    while (stripped := re.sub(r"\([^()]*\)", " ", block)) != block:
+        block = stripped
+    names, package = [], PACKAGE
+    for line in block.splitlines():
+        tokens = re.split(r"[\s,]+", line.strip())
+        if not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip())
+        if indent == 0:
+            names.append(PACKAGE)
+            continue
+        if indent == 2:
+            package = PACKAGE
+            if tokens[0].endswith("/"):
+                package = f"{PACKAGE}.{tokens.pop(0).rstrip('/')}"
+                names.append(package)
+        names.extend(f"{package}.{token}" for token in tokens if token)
+    return names
+
+
+def test_the_module_map_reader():
+    text = "## Module map\n```\nvisionops/\n  cli errors (one\n  note)\n  data/   synth, ingest (x),\n          cli\n```\n"
+    assert module_map(text) == [
+        "visionops",
+        "visionops.cli",
+        "visionops.errors",
+        "visionops.data",
+        "visionops.data.synth",
+        "visionops.data.ingest",
+        "visionops.data.cli",
+    ]
+
+
+def test_the_documented_module_map_lists_every_module_once():
+    """docs/ARCHITECTURE.md's module map names every module of the tree once and nothing that is gone."""
+    listed = module_map(ARCHITECTURE_DOC.read_text())
+    twice = sorted({name for name in listed if listed.count(name) > 1})
+    assert not twice, f"listed more than once: {twice}"
+    missing, gone = sorted(set(modules()) - set(listed)), sorted(set(listed) - set(modules()))
+    assert (missing, gone) == ([], []), f"add to the module map: {missing}; remove from it: {gone}"
