@@ -16,6 +16,7 @@ CLI, a service or the demo).
 from __future__ import annotations
 
 import ast
+import re
 from functools import cache
 from pathlib import Path
 
@@ -267,16 +268,17 @@ INFERENCE_ELSEWHERE = {
     "visionops.onnx_runtime": "the PyTorch side of ONNX parity and package-time speed on tensor batches",
 }
 
-#: Literal policy values that still appear outside POLICY, with the reason (None: none may).
-POLICY_LITERALS = {
-    "visionops-s3": frozenset(),
-    "glasses": frozenset(
-        {
-            # owned by engineers changing these files at the time of writing; to use visionops.policy next
-            "visionops.bundle",  # meta.setdefault("positive_class", ...): policy.default_positive_class
-            "visionops.evaluation.behaviour",  # SYNTH_POSITIVE: policy.POSITIVE_CLASS
-        }
-    ),
+#: Literal policy values that appear only in POLICY: every other module uses its constants (POSITIVE_CLASS,
+#: NEGATIVE_CLASS, S3_SECRET_NAME, default_positive_class), so a policy changes in one place.
+POLICY_LITERALS = ("visionops-s3", "glasses", "no_glasses")
+
+#: Parameters and fields whose default is the product's precision target or proof confidence: their default is
+#: visionops.policy's TARGET_PRECISION / CONFIDENCE, never a number typed again.
+POLICY_NUMBERS = frozenset({"target_precision", "confidence", "target"})
+#: Modules allowed a numeric default there, with the reason.
+POLICY_NUMBER_EXCEPTIONS = {
+    "visionops.demo.sources": "held_out_metrics(confidence=0.95): demo code owned by concurrent work at the time "
+    "of writing; to use policy.CONFIDENCE next",
 }
 
 _QUEUES = {("queue", "Queue"), ("queue", "SimpleQueue"), ("queue", "LifoQueue"), ("queue", "PriorityQueue"),
@@ -359,6 +361,32 @@ def string_literals(source: str) -> set[str]:
     }
 
 
+def _float_default(node: ast.AST | None) -> bool:
+    return isinstance(node, ast.Constant) and isinstance(node.value, float)
+
+
+def policy_number_defaults(source: str) -> set[str]:
+    """The POLICY_NUMBERS names that get a float literal default in ``source``: function parameters and
+    (settings) dataclass fields, ``x: float = 0.95`` or ``x: float = setting(0.95, ...)``."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            args = node.args
+            positional = [*args.posonlyargs, *args.args]
+            pairs = [*zip(positional[len(positional) - len(args.defaults) :], args.defaults, strict=True)]
+            pairs += [
+                (arg, d) for arg, d in zip(args.kwonlyargs, args.kw_defaults, strict=True) if d is not None
+            ]
+            found.update(arg.arg for arg, d in pairs if arg.arg in POLICY_NUMBERS and _float_default(d))
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            value = node.value
+            if isinstance(value, ast.Call) and value.args:
+                value = value.args[0]
+            if node.target.id in POLICY_NUMBERS and _float_default(value):
+                found.add(node.target.id)
+    return found
+
+
 def _modules_where(predicate) -> set[str]:
     return {name for name, path in modules().items() if predicate(path.read_text())}
 
@@ -402,16 +430,105 @@ def test_one_settings_mechanism_reads_the_environment():
     assert set(ENV_READERS) <= readers, "an ENV_READERS entry no longer reads the environment: remove it"
 
 
+def policy_literal_holders(sources: dict[str, str]) -> dict[str, set[str]]:
+    """Policy value -> the modules other than POLICY that hold it as a whole string constant."""
+    return {
+        value: {
+            name for name, source in sources.items() if name != POLICY and value in string_literals(source)
+        }
+        for value in POLICY_LITERALS
+    }
+
+
+def _sources() -> dict[str, str]:
+    return {name: path.read_text() for name, path in modules().items()}
+
+
 def test_policy_constants_are_defined_once():
-    """The secret name and the positive class are literals only in visionops.policy (plus the stated
-    exceptions)."""
-    for value, allowed in POLICY_LITERALS.items():
-        holders = _modules_where(lambda source, value=value: value in string_literals(source))
-        assert POLICY in holders, f"{value!r} is no longer in {POLICY}"
-        assert holders - {POLICY} <= allowed, f"{value!r} as a literal outside {POLICY}: use the constant"
+    """The secret name and the class names are literals only in visionops.policy."""
+    sources = _sources()
+    assert set(POLICY_LITERALS) <= string_literals(sources[POLICY]), f"a policy value left {POLICY}"
+    assert policy_literal_holders(sources) == {value: set() for value in POLICY_LITERALS}, (
+        "a policy value as a literal outside visionops.policy: use its constant"
+    )
+
+
+def test_a_glasses_literal_in_library_code_fails_the_policy_check():
+    """The check above can fail: the old fallback put back into bundle.py is found (a docstring that only
+    mentions glasses is not a literal of the value)."""
+    sources = _sources()
+    sources["visionops.bundle"] += '\nFALLBACK = "glasses" if "glasses" in CLASSES else CLASSES[-1]\n'
+    sources["visionops.evaluation.gate"] += '\n"""The positive class is usually glasses."""\n'
+    assert policy_literal_holders(sources)["glasses"] == {"visionops.bundle"}
+
+
+def test_the_precision_target_and_confidence_are_never_typed_again():
+    """Defaults of target_precision / confidence / target come from visionops.policy (the detector fires on a
+    copy; the library holds none)."""
+    assert policy_number_defaults("def f(*, confidence: float = 0.95): ...") == {"confidence"}
+    assert policy_number_defaults("class P:\n    target_precision: float = setting(0.95, 'x')") == {
+        "target_precision"
+    }
+    assert not policy_number_defaults("def f(*, confidence: float = CONFIDENCE, alpha: float = 0.05): ...")
+    holders = _modules_where(lambda source: bool(policy_number_defaults(source)))
+    assert holders - set(POLICY_NUMBER_EXCEPTIONS) == set(), "use policy.TARGET_PRECISION / policy.CONFIDENCE"
 
 
 def test_one_batch_scoring_call():
     """Batch inference over image URIs (evaluation, pre-labelling, selection, the drift reference) goes through
     the bundle's batch scoring; no module keeps its own loop of decode, transform and forward."""
     assert _modules_where(runs_inference) - {BATCH_SCORING} == set(INFERENCE_ELSEWHERE)
+
+
+# -- the documented module map ----------------------------------------------------------------------------------
+ARCHITECTURE_DOC = PACKAGE_ROOT.parent / "docs" / "ARCHITECTURE.md"
+
+
+def module_map(text: str) -> list[str]:
+    """The dotted module names listed by the module map of docs/ARCHITECTURE.md, in order.
+
+    The map is the first fenced block after "## Module map": ``visionops/``, then lines of root modules and
+    lines ``  pkg/  mod, mod (note), ...`` (deeper-indented lines continue the package above); notes in
+    parentheses, over several lines too, are not names.
+    """
+    block = text.split("## Module map", 1)[1].split("```", 2)[1]
+    while (stripped := re.sub(r"\([^()]*\)", " ", block)) != block:
+        block = stripped
+    names, package = [], PACKAGE
+    for line in block.splitlines():
+        tokens = re.split(r"[\s,]+", line.strip())
+        if not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip())
+        if indent == 0:
+            names.append(PACKAGE)
+            continue
+        if indent == 2:
+            package = PACKAGE
+            if tokens[0].endswith("/"):
+                package = f"{PACKAGE}.{tokens.pop(0).rstrip('/')}"
+                names.append(package)
+        names.extend(f"{package}.{token}" for token in tokens if token)
+    return names
+
+
+def test_the_module_map_reader():
+    text = "## Module map\n```\nvisionops/\n  cli errors (one\n  note)\n  data/   synth, ingest (x),\n          cli\n```\n"
+    assert module_map(text) == [
+        "visionops",
+        "visionops.cli",
+        "visionops.errors",
+        "visionops.data",
+        "visionops.data.synth",
+        "visionops.data.ingest",
+        "visionops.data.cli",
+    ]
+
+
+def test_the_documented_module_map_lists_every_module_once():
+    """docs/ARCHITECTURE.md's module map names every module of the tree once and nothing that is gone."""
+    listed = module_map(ARCHITECTURE_DOC.read_text())
+    twice = sorted({name for name in listed if listed.count(name) > 1})
+    assert not twice, f"listed more than once: {twice}"
+    missing, gone = sorted(set(modules()) - set(listed)), sorted(set(listed) - set(modules()))
+    assert (missing, gone) == ([], []), f"add to the module map: {missing}; remove from it: {gone}"

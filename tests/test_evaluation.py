@@ -390,3 +390,29 @@ def test_policy_round_trip_and_validation():
     with pytest.raises(ConfigError, match="positive_prevalence must be in"):
         GatePolicy(positive_prevalence=0.0)
     assert GatePolicy.from_dict({"positive_prevalence": 0.076}).positive_prevalence == 0.076
+
+
+def test_gate_policy_is_declared_once_with_help_and_checks_per_field():
+    """GatePolicy is a settings dataclass: every field has help text (its --option's), KFP's doubles and YAML
+    lists read back, and every check lives on its field (the message names the field and the value)."""
+    from dataclasses import fields
+
+    from visionops.policy import CONFIDENCE, TARGET_PRECISION
+    from visionops.settings import Settings, spec_of
+
+    assert issubclass(GatePolicy, Settings)
+    assert all(spec_of(f).help for f in fields(GatePolicy)), "every GatePolicy field needs its help text"
+    assert (GatePolicy().target_precision, GatePolicy().confidence) == (TARGET_PRECISION, CONFIDENCE)
+    from_kfp = GatePolicy.from_dict({"throughput_batch_sizes": [1.0, 8.0], "latency_runs": 5})
+    assert from_kfp.throughput_batch_sizes == (1, 8)
+    with pytest.raises(
+        ConfigError, match=r"throughput_batch_sizes must be whole numbers, e.g. 1,8,32, got \[1.5\]"
+    ):
+        GatePolicy.from_dict({"throughput_batch_sizes": [1.5]})
+    with pytest.raises(ConfigError, match=r"throughput_batch_sizes must be positive integers, got \(0, 8\)"):
+        GatePolicy(throughput_batch_sizes=(0, 8))
+    with pytest.raises(ConfigError, match="max_flagged_slices must be >= 0 or None"):
+        GatePolicy(max_flagged_slices=-1)
+    with pytest.raises(ConfigError, match="brightness_delta must be in \\(0, 1\\), got 1.5"):
+        GatePolicy(brightness_delta=1.5)
+    assert GatePolicy(max_model_mb=None, fpr_tolerance=None).max_model_mb is None  # None: the rule is off

@@ -425,6 +425,78 @@ def test_cli_end_to_end(dataset, tmp_path):
     assert "interval 'exact' unknown; valid: wilson, clopper-pearson" in str(bad.exception)
 
 
+def test_cli_options_generated_from_gate_policy_reach_the_recorded_policy(dataset, tmp_path):
+    """Every GatePolicy field is a `visionops evaluate` option: options typed on the command line beat the
+    --policy file, which beats the defaults, and decision.json records the policy that decided (it reads back
+    into the same GatePolicy)."""
+    from typer.testing import CliRunner
+    from visionops.cli import app
+
+    uri = make_bundle(tmp_path / "bundle", channel=0)
+    out = tmp_path / "eval"
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(
+        "slice_min_n: 12\nlatency_runs: 3\nbehaviour_samples: 10\nmin_invariance_rate: 0.7\n"
+    )
+    options = ["--slice-min-n", "7", "--no-require-golden-precision", "--max-flagged-slices", "4"]
+    options += [
+        "--throughput-batch-size",
+        "1",
+        "--throughput-batch-size",
+        "4",
+        "--positive-prevalence",
+        "0.3",
+    ]
+    options += ["--target-precision", "0.9", "--slice-correction", "bh", "--min-functionality-rate", "0.5"]
+    result = CliRunner().invoke(
+        app, ["evaluate", uri, dataset, str(out), "--policy", str(policy_file), *options]
+    )
+    assert result.exit_code == 0, result.output
+    recorded = json.loads((out / "decision.json").read_text())["policy"]
+    expected = GatePolicy(
+        target_precision=0.9,
+        positive_prevalence=0.3,
+        require_golden_precision=False,
+        max_flagged_slices=4,
+        slice_min_n=7,  # the option, not the file's 12
+        slice_correction="bh",
+        min_functionality_rate=0.5,
+        latency_runs=3,  # from the file
+        behaviour_samples=10,
+        min_invariance_rate=0.7,
+        throughput_batch_sizes=(1, 4),
+    )
+    assert recorded == expected.to_dict()
+    assert GatePolicy.from_dict(recorded) == expected
+    names = {r["name"] for r in json.loads((out / "decision.json").read_text())["rules"]}
+    assert "golden_precision" not in names  # --no-require-golden-precision reached the rules
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--target-precision", "1.5"], "error: target_precision must be in (0, 1), got 1.5"),
+        (["--interval", "exact"], "error: interval 'exact' unknown; valid: wilson, clopper-pearson"),
+        (["--throughput-batch-size", "2.5"], "error: --throughput-batch-size must be whole numbers"),
+        (["--positive-prevalence", "0"], "error: positive_prevalence must be in (0, 1) or None"),
+        (["--max-model-mb", "big"], "Invalid value for '--max-model-mb'"),
+    ],
+)
+def test_a_bad_gate_option_is_one_clear_line_before_any_work(args, message, tmp_path, monkeypatch, capsys):
+    """A bad value is refused by the policy before the bundle is even read (these paths do not exist): exit 2,
+    one line naming the field or option and the value, no traceback."""
+    from visionops.cli import run
+
+    missing = [str(tmp_path / "no-bundle"), str(tmp_path / "no-data"), str(tmp_path / "eval")]
+    monkeypatch.setattr(sys, "argv", ["visionops", "evaluate", *missing, *args])
+    with pytest.raises(SystemExit) as exit_info:
+        run()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "eval").exists()
+
+
 @pytest.mark.slow
 def test_cli_error_exits_2_with_one_line(dataset, tmp_path):
     uri = make_bundle(tmp_path / "bundle", channel=0, lineage={"golden_version": "gs-elsewhere"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -310,6 +311,68 @@ def test_cli_compile(tmp_path):
         spec["deploymentSpec"]["executors"]["exec-train"]["container"]["image"] == "my.registry/visionops:1"
     )
     assert k8s["exec-ingest"]["secretAsEnv"][0]["secretName"] == "s3-creds"
+
+
+def test_cli_compile_options_are_the_cluster_settings_fields(tmp_path):
+    """`visionops pipeline compile` has one option per ClusterSettings field (generated, not declared a second
+    time), and each reaches the compiled IR."""
+    from dataclasses import fields
+
+    from typer.testing import CliRunner
+    from visionops.cli import app
+    from visionops.pipeline.cluster import ClusterSettings
+    from visionops.settings import spec_of
+
+    runner = CliRunner()
+    help_text = runner.invoke(app, ["pipeline", "compile", "--help"], env={"COLUMNS": "200"}).output
+    for f in fields(ClusterSettings):
+        flag = (spec_of(f).flags or ("--" + f.name.replace("_", "-"),))[0]
+        assert (flag in help_text) == spec_of(f).cli, flag
+    out = tmp_path / "custom.yaml"
+    result = runner.invoke(
+        app,
+        [
+            "pipeline", "compile", str(out), "--image", "registry.example.com/visionops:2",
+            "--secret", "minio-creds", "--node-selector", "gpu=h100", "--node-selector", "zone=a",
+            "--step-node-selector", "pool=batch", "--toleration", "dedicated=ml:NoSchedule",
+            "--toleration", "nvidia.com/gpu", "--shm-size", "16Gi", "--retries", "1", "--retry-backoff", "10s",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    spec, k8s = _load(out)
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert images == {"registry.example.com/visionops:2"}
+    assert {e["secretAsEnv"][0]["secretName"] for e in k8s.values()} == {"minio-creds"}
+    assert k8s["exec-train"]["nodeSelector"] == {"labels": {"pool": "batch", "gpu": "h100", "zone": "a"}}
+    assert k8s["exec-ingest"]["nodeSelector"] == {"labels": {"pool": "batch"}}
+    assert k8s["exec-train"]["tolerations"] == [
+        {"effect": "NoSchedule", "key": "dedicated", "operator": "Equal", "value": "ml"},
+        {"key": "nvidia.com/gpu", "operator": "Exists"},
+    ]
+    assert k8s["exec-train"]["emptyDirMounts"][0]["sizeLimit"] == "16Gi"
+    retry = _tasks(spec)["ingest"]["retryPolicy"]
+    assert retry["maxRetryCount"] == 1 and retry["backoffDuration"] == "10s"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--toleration", "gpu:NoRun"], "toleration effect 'NoRun' unknown"),
+        (["--node-selector", "gpu"], "must look like KEY=VALUE"),
+        (["--retries", "-1"], "retries must be >= 0, got -1"),
+        (["--secret", ""], "s3_secret must name the Kubernetes Secret"),
+    ],
+)
+def test_a_bad_cluster_option_is_one_clear_line(args, message, tmp_path, monkeypatch, capsys):
+    from visionops.cli import run
+
+    out = tmp_path / "x.yaml"
+    monkeypatch.setattr(sys, "argv", ["visionops", "pipeline", "compile", str(out), *args])
+    with pytest.raises(SystemExit) as exit_info:
+        run()
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and "Traceback" not in err
+    assert not out.exists()
 
 
 def test_user_script_compiles_the_same_pipeline(tmp_path):

@@ -34,6 +34,7 @@ from typing import Any
 
 from visionops import storage
 from visionops.errors import BundleError, ConfigError, DataError, VisionOpsError
+from visionops.policy import default_positive_class
 from visionops.preprocess import PreprocessSpec
 
 BUNDLE_FORMAT = 1
@@ -91,7 +92,8 @@ def save_bundle(model, meta: dict[str, Any], uri: str, *, extra_files: dict[str,
     """Write ``model`` (its state dict, as safetensors) and ``meta`` as a bundle at ``uri``.
 
     ``meta`` needs at least architecture, classes and preprocess (a dict or PreprocessSpec); threshold
-    defaults to 0.5 and positive_class to the class named "glasses" or else the last class. ``extra_files``
+    defaults to 0.5 and positive_class to :func:`visionops.policy.default_positive_class` of the classes
+    (the flagship positive class when present, else the last class). ``extra_files``
     maps relative names inside the bundle to local files (reports, drift profile...). Returns ``uri``.
     The write is atomic: readers never see a half-written bundle.
     """
@@ -105,7 +107,7 @@ def save_bundle(model, meta: dict[str, Any], uri: str, *, extra_files: dict[str,
             raise BundleError(f"cannot save bundle: metadata lacks {key!r}")
     classes = list(meta["classes"])
     meta.setdefault("threshold", 0.5)
-    meta.setdefault("positive_class", "glasses" if "glasses" in classes else classes[-1])
+    meta.setdefault("positive_class", default_positive_class(classes))
     meta.setdefault("drift", None)
     meta.setdefault("evaluation", None)
     meta.setdefault("history", [])

@@ -12,8 +12,8 @@
   correctly. Without a curated set it is skipped with the reason: synthetic cartoon faces never decide the
   verdict of a model trained on photos.
 
-The directional test needs the synthetic generator and a positive class named ``glasses`` (what the
-generator draws); otherwise it is reported as skipped with the reason. It is report-only by default.
+The directional test needs the synthetic generator and a positive class named like the one it draws
+(:data:`visionops.policy.POSITIVE_CLASS`); otherwise it is reported as skipped with the reason. It is report-only by default.
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ from typing import Any
 import numpy as np
 
 from visionops.evaluation.metrics import decide
+from visionops.policy import POSITIVE_CLASS
 
-SYNTH_POSITIVE = "glasses"
+#: The positive class the synthetic generator draws (visionops.data.synth labels its faces with the policy's).
+SYNTH_POSITIVE = POSITIVE_CLASS
 
 
 def _skipped(reason: str) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from visionops.policy import CONFIDENCE, POSITIVE_CLASS, TARGET_PRECISION
+from visionops.settings import argument, option, options_command
 
 
 def _load_policy_file(path: Path | None) -> dict:
@@ -26,103 +26,92 @@ def _load_policy_file(path: Path | None) -> dict:
     return data
 
 
-def evaluate_command(
-    bundle: str = typer.Argument(
-        ..., help="Model bundle to evaluate (the challenger): local dir or s3:// URI."
-    ),
-    manifest: str = typer.Argument(
-        ...,
-        help="Dataset (dir with manifest.csv + dataset.json): val picks the "
-        "threshold, test is the golden set.",
-    ),
-    output: str = typer.Argument(..., help="Where to write metrics.json, decision.json, model_card.md/html."),
-    champion: str | None = typer.Option(
-        None, "--champion", help="Bundle of the current champion to compare with."
-    ),
-    policy_file: Path | None = typer.Option(
-        None,
-        "--policy",
-        exists=True,
-        dir_okay=False,
-        help="YAML/JSON file of GatePolicy fields (options below override it).",
-    ),
-    target_precision: float | None = typer.Option(
-        None, help=f"Precision the positive class must prove (default: {TARGET_PRECISION})."
-    ),
-    positive_prevalence: float | None = typer.Option(
-        None,
-        help="Share of the positive class expected in production (stated, or estimated from labelled "
-        "production samples); the precision promise is proven at it (default: the validation split's share).",
-    ),
-    confidence: float | None = typer.Option(
-        None, help=f"Confidence of the precision proof (default: {CONFIDENCE}; one-sided error (1 - c) / 2)."
-    ),
-    interval: str | None = typer.Option(
-        None, help="Interval method: wilson or clopper-pearson (default: wilson)."
-    ),
-    positive_class: str | None = typer.Option(
-        None, help=f"Positive class (default: the bundle's, e.g. {POSITIVE_CLASS})."
-    ),
-    recall_tolerance: float | None = typer.Option(
-        None, help="Non-inferiority margin: recall drop vs the champion, proven paired (default: 0.05)."
-    ),
-    fpr_tolerance: float | None = typer.Option(
-        None, help="Non-inferiority margin: FPR increase vs the champion, proven paired (default: 0.03)."
-    ),
-    functionality_set: str | None = typer.Option(
-        None, help="ImageFolder of clear cases of the model's own domain for the minimum-functionality test."
-    ),
-    gated_output: str | None = typer.Option(
-        None, "--gated-output", help="Where to publish the gated bundle (default: OUTPUT/bundle)."
-    ),
-    max_p95_latency_ms: float | None = typer.Option(
-        None, help="Latency budget, p95 at batch 1, ms (default: 1000)."
-    ),
-    max_model_mb: float | None = typer.Option(None, help="Model size budget on disk, MB (default: 200)."),
-    max_memory_mb: float | None = typer.Option(
-        None, help="Peak inference memory budget, MB (default: 2048)."
-    ),
-    min_throughput: float | None = typer.Option(
-        None, help="Throughput floor, images/s at the best batch (default: 5)."
-    ),
-    device: str = typer.Option(
-        "cpu", help="Evaluation device (cpu, cuda, cuda:1...); ops figures are measured on it."
-    ),
-    runtime: str = typer.Option(
-        "torch",
-        help="The artifact judged: torch (the weights), onnx or onnx-int8 (from `visionops package`).",
-    ),
+def gate_policy(policy_file: Path | None, options: dict):
+    """The :class:`GatePolicy` of a run: the options typed on the command line over the ``--policy`` file over
+    the field defaults (checked once, by GatePolicy)."""
+    from visionops.evaluation.gate import GatePolicy
+
+    return GatePolicy.from_dict({**_load_policy_file(policy_file), **options})
+
+
+def _evaluate(
+    ctx: typer.Context,
+    options: dict,
+    *,
+    bundle: str,
+    manifest: str,
+    output: str,
+    champion: str | None,
+    policy_file: Path | None,
+    gated_output: str | None,
+    device: str,
+    runtime: str,
 ) -> None:
     """Evaluate BUNDLE on the golden set of MANIFEST, compare with --champion, and decide (exit 0 either way)."""
-    from visionops.evaluation import GatePolicy, evaluate
+    policy = gate_policy(policy_file, options)  # a bad policy fails before any model is loaded
+    from visionops.evaluation import evaluate
 
-    values = _load_policy_file(policy_file)
-    overrides = {
-        "target_precision": target_precision,
-        "confidence": confidence,
-        "interval": interval,
-        "positive_class": positive_class,
-        "recall_tolerance": recall_tolerance,
-        "positive_prevalence": positive_prevalence,
-        "fpr_tolerance": fpr_tolerance,
-        "functionality_set": functionality_set,
-        "max_p95_latency_ms": max_p95_latency_ms,
-        "max_model_mb": max_model_mb,
-        "max_memory_mb": max_memory_mb,
-        "min_throughput": min_throughput,
-    }
-    values.update({k: v for k, v in overrides.items() if v is not None})
     record = evaluate(
         bundle,
         manifest,
         output,
         champion_uri=champion,
-        policy=GatePolicy.from_dict(values),
+        policy=policy,
         device=device,
         runtime=runtime,
         gated_uri=gated_output,
     )
     _print_record(record, output, bundle)
+
+
+def _evaluate_command():
+    """``visionops evaluate``: the paths, then one option per GatePolicy field (:func:`options_command`), then
+    where and how to run."""
+    from visionops.evaluation.gate import GatePolicy
+
+    before = [
+        argument("bundle", str, help="Model bundle to evaluate (the challenger): local dir or s3:// URI."),
+        argument(
+            "manifest",
+            str,
+            help="Dataset (dir with manifest.csv + dataset.json): val picks the threshold, test is the golden set.",
+        ),
+        argument("output", str, help="Where to write metrics.json, decision.json, model_card.md/html."),
+        option(
+            "champion", str | None, None, "--champion", help="Bundle of the current champion to compare with."
+        ),
+        option(
+            "policy_file",
+            Path | None,
+            None,
+            "--policy",
+            exists=True,
+            dir_okay=False,
+            help="YAML/JSON file of GatePolicy fields (the options below override it).",
+        ),
+    ]
+    after = [
+        option(
+            "gated_output",
+            str | None,
+            None,
+            "--gated-output",
+            help="Where to publish the gated bundle (default: OUTPUT/bundle).",
+        ),
+        option(
+            "device",
+            str,
+            "cpu",
+            help="Evaluation device (cpu, cuda, cuda:1...); ops figures are measured on it.",
+        ),
+        option(
+            "runtime",
+            str,
+            "torch",
+            help="The artifact judged: torch (the weights), onnx or onnx-int8 (from `visionops package`).",
+        ),
+    ]
+    return options_command(GatePolicy, _evaluate, before=before, after=after)
 
 
 def _print_record(record: dict, output: str, bundle: str) -> None:
@@ -159,4 +148,4 @@ def register(app: typer.Typer) -> None:
         "evaluate",
         help="Evaluate a model bundle on the golden set and decide whether it replaces the "
         "champion (the promotion gate).",
-    )(evaluate_command)
+    )(_evaluate_command())

@@ -11,13 +11,14 @@ from typing import Any
 import numpy as np
 
 from visionops.errors import ConfigError
+from visionops.policy import CONFIDENCE
 
 INTERVAL_METHODS = ("wilson", "clopper-pearson")
 MAX_CURVE_POINTS = 200
 
 
 def proportion_interval(
-    k: int, n: int, *, confidence: float = 0.95, method: str = "wilson"
+    k: int, n: int, *, confidence: float = CONFIDENCE, method: str = "wilson"
 ) -> tuple[float, float]:
     """Two-sided ``confidence`` interval for a binomial proportion ``k / n``.
 
@@ -73,7 +74,7 @@ def lower_bounds(k: np.ndarray, n: np.ndarray, *, confidence: float, method: str
     return out
 
 
-def weighted_rate(hits, weights=None, *, confidence: float = 0.95) -> dict[str, Any]:
+def weighted_rate(hits, weights=None, *, confidence: float = CONFIDENCE) -> dict[str, Any]:
     """A proportion estimated from labelled items that were *sampled*, each weighted by the inverse of its
     selection probability (None = a uniform random sample), with a two-sided ``confidence`` interval.
 
@@ -197,7 +198,7 @@ def classification_report(
     positive_index: int,
     threshold: float,
     *,
-    confidence: float = 0.95,
+    confidence: float = CONFIDENCE,
     method: str = "wilson",
 ) -> dict[str, Any]:
     """Every quality figure of one split: per-class precision/recall/F1, accuracy, balanced accuracy,

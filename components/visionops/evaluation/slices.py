@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from visionops.evaluation.metrics import proportion_interval
+from visionops.policy import CONFIDENCE
 
 #: columns with more distinct values than this are identifiers, not slices
 MAX_SLICE_VALUES = 30
@@ -70,7 +71,7 @@ def slice_metrics(
     *,
     min_n: int = 20,
     alpha: float = 0.05,
-    confidence: float = 0.95,
+    confidence: float = CONFIDENCE,
     method: str = "wilson",
     correction: str = "holm",
 ) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import typer
 
 from visionops import policy
 from visionops.errors import ConfigError
+from visionops.settings import argument, option, options_command
 
 pipeline_app = typer.Typer(
     help="Kubeflow Pipelines: compile the training pipeline, run it locally (kfp.local), submit it to a cluster.",
@@ -15,27 +16,6 @@ pipeline_app = typer.Typer(
 )
 
 _PARAM_HELP = "Pipeline parameter NAME=VALUE (repeatable; dicts as JSON), e.g. --param epochs=5."
-
-
-def _settings(
-    image: str | None,
-    secret: str,
-    node_selector: list[str],
-    toleration: list[str] | None,
-    shm_size: str,
-    step_node_selector: list[str] = (),
-):
-    from visionops.pipeline.cluster import ClusterSettings, parse_node_selector, parse_toleration
-
-    extra = {} if toleration is None else {"tolerations": tuple(parse_toleration(t) for t in toleration)}
-    return ClusterSettings(
-        image=image or "",
-        s3_secret=secret,
-        node_selector=parse_node_selector(node_selector),
-        step_node_selector=parse_node_selector(step_node_selector),
-        shm_size=shm_size,
-        **extra,
-    )
 
 
 def _params(items: list[str], **named: object) -> dict[str, object]:
@@ -50,54 +30,39 @@ def _params(items: list[str], **named: object) -> dict[str, object]:
     return params
 
 
-IMAGE_OPT = typer.Option(
-    None,
-    "--image",
-    help="Container image of every step (default: visionops.DEFAULT_IMAGE or $VISIONOPS_IMAGE).",
-)
-SECRET_OPT = typer.Option(
-    policy.S3_SECRET_NAME,
-    "--secret",
-    help="Kubernetes Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, S3_ENDPOINT_URL.",
-)
-NODE_SELECTOR_OPT = typer.Option(
-    [], "--node-selector", help="Node label KEY=VALUE the train step must run on (repeatable)."
-)
-TOLERATION_OPT = typer.Option(
-    None,
-    "--toleration",
-    help="Train-step toleration KEY[=VALUE][:EFFECT] (repeatable; default nvidia.com/gpu:NoSchedule).",
-)
-SHM_OPT = typer.Option("4Gi", "--shm-size", help="Size of the memory-backed /dev/shm of the train step.")
-STEP_SELECTOR_OPT = typer.Option(
-    [], "--step-node-selector", help="Node label KEY=VALUE every step must run on (repeatable)."
-)
+def cluster_settings(options: dict):
+    """The :class:`~visionops.pipeline.cluster.ClusterSettings` of the cluster options typed (the rest: the
+    field defaults), checked once, by ClusterSettings."""
+    from visionops.pipeline.cluster import ClusterSettings
+
+    return ClusterSettings.from_dict(options)
 
 
-@pipeline_app.command("compile")
-def compile_cmd(
-    output: Path = typer.Argument(..., help="Where to write the IR YAML (upload it in the Kubeflow UI)."),
-    pipeline: str = typer.Option(
-        "training",
-        "--pipeline",
-        help="Which pipeline: training, experiment-analysis or weekly-review.",
-    ),
-    image: str | None = IMAGE_OPT,
-    secret: str = SECRET_OPT,
-    node_selector: list[str] = NODE_SELECTOR_OPT,
-    toleration: list[str] | None = TOLERATION_OPT,
-    shm_size: str = SHM_OPT,
-    step_node_selector: list[str] = STEP_SELECTOR_OPT,
-) -> None:
+def _compile(ctx: typer.Context, options: dict, *, output: Path, pipeline: str) -> None:
     """Compile a pipeline (default: training) to KFP IR YAML, with the same cluster settings for each."""
     from visionops.pipeline.compile import compile_pipeline
 
-    settings = _settings(image, secret, node_selector, toleration, shm_size, step_node_selector)
-    path = compile_pipeline(output, settings=settings, pipeline=pipeline)
+    path = compile_pipeline(output, settings=cluster_settings(options), pipeline=pipeline)
     typer.echo(f"compiled pipeline: {path}")
 
 
-@pipeline_app.command("run")
+def _compile_command():
+    """``visionops pipeline compile``: the output and the pipeline, then one option per ClusterSettings field."""
+    from visionops.pipeline.cluster import ClusterSettings
+
+    before = [
+        argument("output", Path, help="Where to write the IR YAML (upload it in the Kubeflow UI)."),
+        option(
+            "pipeline",
+            str,
+            "training",
+            "--pipeline",
+            help="Which pipeline: training, experiment-analysis or weekly-review.",
+        ),
+    ]
+    return options_command(ClusterSettings, _compile, before=before)
+
+
 def run_cmd(
     local: bool = typer.Option(
         False, "--local", help="Run with kfp.local in this Python environment (required)."
@@ -146,55 +111,24 @@ def run_cmd(
     typer.echo(format_summary(result))
 
 
-@pipeline_app.command("submit")
-def submit_cmd(
-    host: str | None = typer.Option(
-        None,
-        "--host",
-        help="KFP API URL, e.g. http://localhost:8080 (port-forward of ml-pipeline-ui). Empty = in-cluster / kube config.",
-    ),
-    experiment: str = typer.Option(
-        "visionops", "--experiment", help="Experiment name (created when missing)."
-    ),
-    schedule: str | None = typer.Option(
-        None, "--schedule", help="Cron (5 fields, e.g. '0 3 * * *') for a recurring run instead of one run."
-    ),
-    token: str | None = typer.Option(
-        None, "--token", envvar="KFP_TOKEN", help="Bearer token for the KFP API ($KFP_TOKEN)."
-    ),
-    cookies: str | None = typer.Option(
-        None,
-        "--cookies",
-        envvar="KFP_COOKIES",
-        help="Cookie header, e.g. authservice_session=... ($KFP_COOKIES).",
-    ),
-    namespace: str | None = typer.Option(
-        None, "--namespace", help="Kubeflow profile namespace (multi-user installs)."
-    ),
-    run_name: str | None = typer.Option(None, "--run-name", help="Run name shown in the UI."),
-    data: str | None = typer.Option(
-        None, "--data", help="Images to train on (s3:// prefix): the data_uri parameter."
-    ),
-    golden: str | None = typer.Option(None, "--golden", help="Fixed golden test set (dataset URI)."),
-    champion: str | None = typer.Option(None, "--champion", help="Champion model bundle URI."),
-    param: list[str] = typer.Option([], "--param", "-p", help=_PARAM_HELP),
-    package: Path | None = typer.Option(
-        None, "--package", help="Upload this compiled YAML instead of compiling now."
-    ),
-    pipeline_root: str | None = typer.Option(
-        None,
-        "--pipeline-root",
-        help="Where the run's artifacts go, e.g. s3://ml-artifacts/pipeline-root (default: the KFP installation's).",
-    ),
-    service_account: str | None = typer.Option(
-        None, "--service-account", help="Kubernetes service account of the run's pods."
-    ),
-    image: str | None = IMAGE_OPT,
-    secret: str = SECRET_OPT,
-    node_selector: list[str] = NODE_SELECTOR_OPT,
-    toleration: list[str] | None = TOLERATION_OPT,
-    shm_size: str = SHM_OPT,
-    step_node_selector: list[str] = STEP_SELECTOR_OPT,
+def _submit(
+    ctx: typer.Context,
+    options: dict,
+    *,
+    host: str | None,
+    experiment: str,
+    schedule: str | None,
+    token: str | None,
+    cookies: str | None,
+    namespace: str | None,
+    run_name: str | None,
+    data: str | None,
+    golden: str | None,
+    champion: str | None,
+    param: list[str],
+    package: Path | None,
+    pipeline_root: str | None,
+    service_account: str | None,
 ) -> None:
     """Upload the pipeline (a new version when it exists) and start a run, or a recurring run with --schedule."""
     from visionops.pipeline.submit import submit
@@ -208,7 +142,7 @@ def submit_cmd(
         cookies=cookies,
         namespace=namespace,
         run_name=run_name,
-        settings=_settings(image, secret, node_selector, toleration, shm_size, step_node_selector),
+        settings=cluster_settings(options),
         package=package,
         service_account=service_account,
         pipeline_root=pipeline_root,
@@ -219,6 +153,92 @@ def submit_cmd(
     typer.echo(result.url)
 
 
+def _submit_command():
+    """``visionops pipeline submit``: where and what to run, then one option per ClusterSettings field."""
+    from visionops.pipeline.cluster import ClusterSettings
+
+    before = [
+        option(
+            "host",
+            str | None,
+            None,
+            "--host",
+            help="KFP API URL, e.g. http://localhost:8080 (port-forward of ml-pipeline-ui). "
+            "Empty = in-cluster / kube config.",
+        ),
+        option(
+            "experiment", str, "visionops", "--experiment", help="Experiment name (created when missing)."
+        ),
+        option(
+            "schedule",
+            str | None,
+            None,
+            "--schedule",
+            help="Cron (5 fields, e.g. '0 3 * * *') for a recurring run instead of one run.",
+        ),
+        option(
+            "token",
+            str | None,
+            None,
+            "--token",
+            envvar="KFP_TOKEN",
+            help="Bearer token for the KFP API ($KFP_TOKEN).",
+        ),
+        option(
+            "cookies",
+            str | None,
+            None,
+            "--cookies",
+            envvar="KFP_COOKIES",
+            help="Cookie header, e.g. authservice_session=... ($KFP_COOKIES).",
+        ),
+        option(
+            "namespace",
+            str | None,
+            None,
+            "--namespace",
+            help="Kubeflow profile namespace (multi-user installs).",
+        ),
+        option("run_name", str | None, None, "--run-name", help="Run name shown in the UI."),
+        option(
+            "data",
+            str | None,
+            None,
+            "--data",
+            help="Images to train on (s3:// prefix): the data_uri parameter.",
+        ),
+        option("golden", str | None, None, "--golden", help="Fixed golden test set (dataset URI)."),
+        option("champion", str | None, None, "--champion", help="Champion model bundle URI."),
+        option("param", list[str], [], "--param", "-p", help=_PARAM_HELP),
+        option(
+            "package",
+            Path | None,
+            None,
+            "--package",
+            help="Upload this compiled YAML instead of compiling now.",
+        ),
+        option(
+            "pipeline_root",
+            str | None,
+            None,
+            "--pipeline-root",
+            help="Where the run's artifacts go, e.g. s3://ml-artifacts/pipeline-root "
+            "(default: the KFP installation's).",
+        ),
+        option(
+            "service_account",
+            str | None,
+            None,
+            "--service-account",
+            help="Kubernetes service account of the run's pods.",
+        ),
+    ]
+    return options_command(ClusterSettings, _submit, before=before)
+
+
 def register(app: typer.Typer) -> None:
     """Add ``visionops pipeline ...`` to the root app."""
+    pipeline_app.command("compile")(_compile_command())
+    pipeline_app.command("run")(run_cmd)
+    pipeline_app.command("submit")(_submit_command())
     app.add_typer(pipeline_app, name="pipeline")

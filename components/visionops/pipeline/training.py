@@ -24,7 +24,6 @@ No ``from __future__ import annotations`` here: KFP reads the pipeline signature
 
 from typing import Any
 
-from visionops import policy
 from visionops.errors import ConfigError
 from visionops.pipeline.cluster import (  # noqa: F401 -- re-exported: the training pipeline's settings
     SECRET_KEYS,
@@ -74,9 +73,11 @@ def build_training_pipeline(settings: ClusterSettings | None = None):
     """Build the training pipeline (a KFP ``GraphComponent``) for the given cluster settings."""
     from kfp import dsl
 
+    from visionops.evaluation.gate import GatePolicy
     from visionops.pipeline import components
 
     settings = settings or ClusterSettings()
+    gate = GatePolicy()  # the evaluate step's parameter defaults are the gate policy's
     image = settings.resolved_image
     ingest_op, validate_op, train_op, evaluate_op, package_op, deploy_op = (
         with_image(component, image) for component in components.STEPS
@@ -98,10 +99,10 @@ def build_training_pipeline(settings: ClusterSettings | None = None):
         warm_start: bool = False,
         pretrained_uri: str = "",
         train_overrides: dict = {},  # noqa: B006 -- KFP reads the default from the signature
-        target_precision: float = policy.TARGET_PRECISION,
+        target_precision: float = gate.target_precision,
         positive_prevalence: float = 0.0,
-        max_p95_latency_ms: float = 1000.0,
-        max_model_mb: float = 200.0,
+        max_p95_latency_ms: float = gate.max_p95_latency_ms,
+        max_model_mb: float = gate.max_model_mb,
         gate_overrides: dict = {},  # noqa: B006
         # a string: the KFP driver resolves an accelerator-count placeholder with GetStringValue() (see
         # gpu_placement), so a numeric parameter would silently drop the GPU limit
