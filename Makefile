@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# CI has 2 cores: two pytest workers, each test file on one worker (session fixtures stay shared in a file)
+TEST_WORKERS ?= 2
 OUT ?= runs/local
 # torch's spinning OpenMP threads slow everything down on a small, busy machine
 export OMP_WAIT_POLICY ?= PASSIVE
@@ -27,8 +29,8 @@ install: $(STAMP) ## Create/reuse .venv and install the project with its pinned 
 run: $(STAMP) ## The main job: synthetic data -> the whole pipeline locally (kfp.local) -> a summary
 	$(BIN)/visionops pipeline run --local --output $(OUT)
 
-test: $(STAMP) ## Run the test suite (what CI runs)
-	$(BIN)/pytest $(PYTEST_ARGS)
+test: $(STAMP) ## Run the test suite (what CI runs), in TEST_WORKERS processes (TEST_WORKERS=0: one)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: $(STAMP) ## Only the fast tests (no slow, no integration)
 	$(BIN)/pytest -m "not slow and not integration" $(PYTEST_ARGS)

@@ -305,19 +305,28 @@ def simulate_live_stratified(
                 f"true precision 0.95; {uncertain} uncertain (p=1) + {random} random of {traffic}")  # fmt: skip
 
 
-def run(quick: bool) -> list[dict]:
+PARTS = ("threshold", "golden", "champion", "slices", "drift", "live")
+
+
+def run(quick: bool, only: tuple[str, ...] = PARTS) -> list[dict]:
     k = 4 if quick else 1
     rows: list[dict] = []
     started = time.perf_counter()
-    rows += simulate_threshold("flat", 0.5, 150, 150, 2000 // k, 1)
-    rows += simulate_threshold("flat", 0.076, 300, 3000, 1000 // k, 2)
-    rows += simulate_threshold("steep", 0.5, 150, 150, 2000 // k, 3)
-    rows.append(simulate_golden(0.5, 150, 150, 200_000 // k, 4))
-    rows.append(simulate_golden(0.076, 300, 3000, 200_000 // k, 5))
-    rows += simulate_champion(4000 // k, 6)
-    rows += simulate_slices(400 // k, 7)
-    rows += simulate_drift(4 if not quick else 2, 150 // k, 8)
-    rows += simulate_live(20_000 // k, 9)
+    if "threshold" in only:
+        rows += simulate_threshold("flat", 0.5, 150, 150, 2000 // k, 1)
+        rows += simulate_threshold("flat", 0.076, 300, 3000, 1000 // k, 2)
+        rows += simulate_threshold("steep", 0.5, 150, 150, 2000 // k, 3)
+    if "golden" in only:
+        rows.append(simulate_golden(0.5, 150, 150, 200_000 // k, 4))
+        rows.append(simulate_golden(0.076, 300, 3000, 200_000 // k, 5))
+    if "champion" in only:
+        rows += simulate_champion(4000 // k, 6)
+    if "slices" in only:
+        rows += simulate_slices(400 // k, 7)
+    if "drift" in only:
+        rows += simulate_drift(4 if not quick else 2, 150 // k, 8)
+    if "live" in only:
+        rows += simulate_live(20_000 // k, 9)
     print(f"({time.perf_counter() - started:.0f} s)")
     return rows
 
@@ -337,8 +346,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a quarter of the trials")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    parser.add_argument(
+        "--only", action="append", choices=PARTS, help="run only these parts (repeatable; default: all)"
+    )
     args = parser.parse_args()
-    rows = run(args.quick)
+    rows = run(args.quick, tuple(args.only or PARTS))
     show(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

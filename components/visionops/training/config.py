@@ -54,7 +54,7 @@ class TrainConfig(Settings):
         32, "Images per batch and per process.", check=lambda v: v >= 1, must="must be >= 1"
     )
     optimizer: str = setting("adamw", "Optimizer: adamw or sgd (momentum, Nesterov).", choices=OPTIMIZERS)
-    lr: float = setting(2e-3, "Peak learning rate (after warmup).", check=lambda v: v > 0, must="must be > 0")
+    lr: float = setting(1e-3, "Peak learning rate (after warmup).", check=lambda v: v > 0, must="must be > 0")
     weight_decay: float = setting(0.05, "Weight decay.", check=lambda v: v >= 0, must="must be >= 0")
     momentum: float = setting(0.9, "SGD momentum (ignored by adamw).")
     warmup_epochs: float = setting(
