@@ -10,7 +10,7 @@ Here the serving process does only what it must while it holds the request:
 3. a non-blocking put of one :class:`PredictionEvent` on a :class:`~visionops.background.BackgroundWriter`
    bounded in events **and bytes**; its thread pickles batches of events (arrays: a memcpy) into a pipe.
 
-A child process (``python -m visionops.serving.monitor_process``, niceness +10 so request handling goes
+A child process (``python -m visionops.serving.monitor_process``, niceness +19 so request handling goes
 first) builds the rows with :class:`~visionops.features.RowMaker` (the code the drift reference uses, so
 online and offline values are identical), then feeds them to a :class:`MonitorEmitter` (``POST /ingest``,
 batched) and a :class:`PredictionLog`. It reports drops and counters back over its stdout, so the serving
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 #: Byte budget of the serving-side queue: about 1,000 single-image events (thumbnail + embedding).
 DEFAULT_QUEUE_BYTES = 32 * 1024 * 1024
 #: Niceness of the child process (higher = lower priority than request handling).
-CHILD_NICENESS = 10
+CHILD_NICENESS = 19
 #: How often the child reports its counters (``MonitorProcess.stats``) while events arrive.
 STATS_EVERY_SECONDS = 0.5
 _HEADER = struct.Struct(">I")
