@@ -30,7 +30,7 @@ run: $(STAMP) ## The main job: synthetic data -> the whole pipeline locally (kfp
 	$(BIN)/visionops pipeline run --local --output $(OUT)
 
 test: $(STAMP) ## Run the test suite (what CI runs), in TEST_WORKERS processes (TEST_WORKERS=0: one)
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-fast: $(STAMP) ## Only the fast tests (no slow, no integration)
 	$(BIN)/pytest -m "not slow and not integration" $(PYTEST_ARGS)

@@ -25,7 +25,8 @@ REQUIRE_SYSTEM_DEPS = os.environ.get("VISIONOPS_REQUIRE_SYSTEM_DEPS") == "1"
 
 
 #: The longest test files (measured: `make test PYTEST_ARGS=--durations=30`), run first: `make test` hands whole
-#: files to two xdist workers in collection order, and the longest ones last would leave one worker idle.
+#: files to two xdist workers in collection order (`--no-loadscope-reorder`: xdist would otherwise sort files by
+#: their number of tests), and the longest ones last would leave one worker idle.
 LONGEST_FIRST = (
     "test_gate_realdata.py",
     "test_loop.py",
